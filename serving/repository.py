@@ -1,0 +1,383 @@
+"""The model repository: the contract between export (producer) and serving (consumer).
+
+Layout (a Triton model repository, plus sceneparse's own metadata)::
+
+    <root>/<name>/config.pbtxt              Triton model configuration (written by export)
+    <root>/<name>/labels.txt                class names, one per line (Triton's label file)
+    <root>/<name>/colors.txt                palette, one "R G B" per line (the original format)
+    <root>/<name>/deployment.json           optional: {"pinned_version": N} (rollback / pin)
+    <root>/<name>/<version>/model.onnx      and/or model.pt (TorchScript)
+    <root>/<name>/<version>/sceneparse.json ModelMetadata of that version
+
+A version directory becomes visible only complete: it is built under `<root>/<name>/.tmp-*`
+(Triton ignores non-numeric directories) and renamed into place. A version that has no
+`sceneparse.json` is not a version. This module is torch-free: export, serving and the
+retraining pipeline all go through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import socket
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+METADATA_FILE = "sceneparse.json"
+LABELS_FILE = "labels.txt"
+COLORS_FILE = "colors.txt"
+CONFIG_FILE = "config.pbtxt"
+DEPLOYMENT_FILE = "deployment.json"
+LOCK_FILE = ".publish.lock"
+SCHEMA_VERSION = 1
+
+# Names become directory names and appear in URLs: keep them to a safe, boring alphabet.
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+class RepositoryError(Exception):
+    """A model repository, model or version is missing, malformed or unsafe to use."""
+
+
+class ModelNotFoundError(RepositoryError):
+    """The named model (or version) does not exist in the repository."""
+
+
+@dataclass
+class ModelMetadata:
+    """Everything a deployed model needs, stored with each version as `sceneparse.json`.
+
+    mean/std are in the 0-255 pixel scale, as in the original configs. The network input is
+    `(N, 3, crop_h, crop_w)` float32 (or float16 when precision is fp16) in RGB order,
+    normalised as (pixel - mean) / std; the output is logits `(N, num_classes, out_h, out_w)`
+    where `(out_h, out_w)` is `output_hw` (the crop size when upsampling is inside the graph).
+    """
+
+    name: str
+    version: int
+    arch: str  # "psp" or "psa"
+    layers: int
+    dataset: str
+    classes: list[str]
+    palette: list[list[int]]
+    crop_h: int
+    crop_w: int
+    mean: list[float]
+    std: list[float]
+    ignore_label: int = 255
+    base_size: int = 512
+    test_scales: list[float] = field(default_factory=lambda: [1.0])
+    flip: bool = True
+    stride_rate: float = 2.0 / 3.0
+    input_name: str = "input"
+    output_name: str = "logits"
+    output_hw: list[int] | None = None  # None: same as the crop
+    max_batch_size: int = 8
+    precision: str = "fp32"
+    platform: str = "onnxruntime_onnx"
+    files: dict[str, str] = field(default_factory=lambda: {"onnx": "model.onnx"})
+    checkpoint_sha256: str = ""
+    checkpoint_name: str = ""
+    tools: dict[str, str] = field(default_factory=dict)
+    parity: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "metadata") -> ModelMetadata:
+        known = {f.name for f in fields(cls)}
+        required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise RepositoryError(f"{source}: missing required field(s): {', '.join(missing)}")
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        meta.validate(source)
+        return meta
+
+    def validate(self, source: str = "metadata") -> None:
+        problems = []
+        if self.arch not in {"psp", "psa"}:
+            problems.append(f"arch must be 'psp' or 'psa', got {self.arch!r}")
+        if not self.classes:
+            problems.append("classes is empty")
+        if len(self.palette) < len(self.classes):
+            problems.append(f"palette has {len(self.palette)} colours for {len(self.classes)} classes")
+        if any(len(c) != 3 or not all(0 <= int(v) <= 255 for v in c) for c in self.palette):
+            problems.append("palette entries must be [R, G, B] with values 0-255")
+        if self.crop_h <= 0 or self.crop_w <= 0:
+            problems.append(f"crop size must be positive, got {self.crop_h}x{self.crop_w}")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            problems.append("mean and std need 3 values each, std > 0")
+        if self.max_batch_size < 1:
+            problems.append("max_batch_size must be >= 1")
+        if not self.test_scales or any(s <= 0 for s in self.test_scales):
+            problems.append("test_scales must be positive")
+        if problems:
+            raise RepositoryError(f"{source}: " + "; ".join(problems))
+
+
+def validate_model_name(name: str) -> str:
+    """Return `name` if it is a safe model name (letters, digits, `_.-`, not starting with a dot)."""
+    if not isinstance(name, str) or not _NAME_RE.match(name) or ".." in name:
+        raise RepositoryError(
+            f"invalid model name {name!r}: use letters, digits, '_', '.', '-' (max 128, no leading dot, no '..')"
+        )
+    return name
+
+
+class ModelRepository:
+    """A model repository rooted at a directory. All paths it hands out stay inside the root."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).resolve()
+
+    # --- reading -------------------------------------------------------------------------
+    def check_root(self, create: bool = False) -> None:
+        if self.root.exists() and not self.root.is_dir():
+            raise RepositoryError(f"model repository {self.root} is a file, not a directory")
+        if not self.root.exists():
+            if not create:
+                raise RepositoryError(f"model repository {self.root} does not exist")
+            self.root.mkdir(parents=True, exist_ok=True)
+
+    def model_dir(self, name: str) -> Path:
+        path = (self.root / validate_model_name(name)).resolve()
+        if path.parent != self.root:
+            raise RepositoryError(f"model name {name!r} escapes the repository")
+        return path
+
+    def list_models(self) -> list[str]:
+        """Names of models that have at least one complete version, sorted."""
+        if not self.root.is_dir():
+            return []
+        names = []
+        for child in sorted(self.root.iterdir()):
+            if child.is_dir() and _NAME_RE.match(child.name) and self.list_versions(child.name):
+                names.append(child.name)
+        return names
+
+    def list_versions(self, name: str) -> list[int]:
+        """Complete versions of `name` (numeric directories holding metadata), ascending."""
+        directory = self.model_dir(name)
+        if not directory.is_dir():
+            return []
+        versions = []
+        for child in directory.iterdir():
+            if child.is_dir() and child.name.isdigit() and (child / METADATA_FILE).is_file():
+                versions.append(int(child.name))
+        return sorted(versions)
+
+    def version_dir(self, name: str, version: int) -> Path:
+        if int(version) < 1:
+            raise RepositoryError(f"version must be >= 1, got {version}")
+        return self.model_dir(name) / str(int(version))
+
+    def pinned_version(self, name: str) -> int | None:
+        path = self.model_dir(name) / DEPLOYMENT_FILE
+        if not path.is_file():
+            return None
+        try:
+            pinned = json.loads(path.read_text()).get("pinned_version")
+        except (OSError, ValueError) as exc:
+            raise RepositoryError(f"{path}: unreadable deployment file: {exc}") from exc
+        return None if pinned is None else int(pinned)
+
+    def served_version(self, name: str) -> int:
+        """The version the gateway should serve: the pinned one if set and present, else the newest."""
+        versions = self.list_versions(name)
+        if not versions:
+            raise ModelNotFoundError(f"model {name!r} has no published version in {self.root}")
+        pinned = self.pinned_version(name)
+        if pinned is not None and pinned in versions:
+            return pinned
+        return versions[-1]
+
+    def read_metadata(self, name: str, version: int | None = None) -> ModelMetadata:
+        version = self.served_version(name) if version is None else int(version)
+        path = self.version_dir(name, version) / METADATA_FILE
+        if not path.is_file():
+            raise ModelNotFoundError(f"model {name!r} has no version {version}")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RepositoryError(f"{path}: unreadable metadata: {exc}") from exc
+        return ModelMetadata.from_dict(data, source=str(path))
+
+    def model_file(self, name: str, version: int, fmt: str = "onnx") -> Path:
+        meta = self.read_metadata(name, version)
+        if fmt not in meta.files:
+            raise RepositoryError(f"model {name!r} version {version} has no {fmt} file")
+        path = (self.version_dir(name, version) / meta.files[fmt]).resolve()
+        if path.parent != self.version_dir(name, version).resolve():
+            raise RepositoryError(f"model {name!r} version {version}: file name escapes its version directory")
+        return path
+
+    # --- writing -------------------------------------------------------------------------
+    def set_pinned_version(self, name: str, version: int | None) -> None:
+        if version is not None and version not in self.list_versions(name):
+            raise ModelNotFoundError(f"model {name!r} has no version {version}")
+        atomic_write_text(self.model_dir(name) / DEPLOYMENT_FILE, json.dumps({"pinned_version": version}) + "\n")
+
+    def next_version(self, name: str) -> int:
+        directory = self.model_dir(name)
+        used = [int(c.name) for c in directory.iterdir() if c.name.isdigit()] if directory.is_dir() else []
+        return max(used, default=0) + 1
+
+    def publish_version(
+        self,
+        name: str,
+        populate: Callable[[Path], ModelMetadata],
+        model_files: dict[str, str] | None = None,
+        version: int | str = "auto",
+        lock_timeout: float = 60.0,
+    ) -> tuple[int, Path]:
+        """Build a new version in a staging directory and rename it into place atomically.
+
+        `populate(staging_dir)` writes the model files into `staging_dir` and returns the
+        metadata; `model_files` (file name -> text) are model-level files such as
+        config.pbtxt, labels.txt and colors.txt, replaced atomically after the version lands.
+        Returns (version, path). Never overwrites an existing version.
+        """
+        self.check_root(create=True)
+        directory = self.model_dir(name)
+        directory.mkdir(exist_ok=True)
+        with publish_lock(directory / LOCK_FILE, timeout=lock_timeout):
+            _remove_stale_staging(directory)
+            if version == "auto":
+                number = self.next_version(name)
+            else:
+                number = int(version)
+                if number < 1:
+                    raise RepositoryError(f"version must be >= 1, got {number}")
+                if (directory / str(number)).exists():
+                    raise RepositoryError(f"model {name!r} version {number} already exists; versions are never overwritten")
+            staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=directory))
+            try:
+                meta = populate(staging)
+                meta.name, meta.version = name, number
+                meta.validate(source=f"{name} v{number}")
+                atomic_write_text(staging / METADATA_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
+                _fsync_tree(staging)
+                for file_name, text in (model_files or {}).items():
+                    atomic_write_text(directory / file_name, text)
+                os.rename(staging, directory / str(number))
+                _fsync_dir(directory)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+        return number, directory / str(number)
+
+
+# --- helpers used by publishers ------------------------------------------------------------
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file in the same directory, fsync, rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def labels_text(classes: list[str]) -> str:
+    return "".join(f"{c}\n" for c in classes)
+
+
+def colors_text(palette: list[list[int]]) -> str:
+    return "".join(f"{r} {g} {b}\n" for r, g, b in palette)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for child in path.rglob("*"):
+        if child.is_file():
+            with open(child, "rb") as handle:
+                os.fsync(handle.fileno())
+    _fsync_dir(path)
+
+
+def _remove_stale_staging(directory: Path) -> None:
+    # Only called under the publish lock, so no other publisher is using these.
+    for child in directory.glob(".tmp-*"):
+        shutil.rmtree(child, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def publish_lock(path: Path, timeout: float = 60.0, stale_after: float = 3600.0) -> Iterator[None]:
+    """An exclusive lock file (O_CREAT|O_EXCL) holding `host pid time`.
+
+    Stale rule: a lock whose owner is a dead process on this host, or older than
+    `stale_after` seconds, is broken. Raises RepositoryError after `timeout` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    host = socket.gethostname()
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            if _lock_is_stale(path, host, stale_after):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            if time.monotonic() > deadline:
+                raise RepositoryError(f"could not take the publish lock {path} within {timeout:.0f}s") from None
+            time.sleep(0.05)
+            continue
+        with os.fdopen(fd, "w") as handle:
+            handle.write(f"{host} {os.getpid()} {time.time():.3f}\n")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return
+
+
+def _lock_is_stale(path: Path, host: str, stale_after: float) -> bool:
+    try:
+        owner_host, pid, stamp = path.read_text().split()
+    except (OSError, ValueError):
+        # Being written right now, or garbage: judge by age alone.
+        try:
+            return time.time() - path.stat().st_mtime > max(stale_after, 5.0)
+        except FileNotFoundError:
+            return False
+    if time.time() - float(stamp) > stale_after:
+        return True
+    if owner_host == host:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+    return False

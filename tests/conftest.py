@@ -1,0 +1,6 @@
+"""Shared fixtures live in tests/fixtures/; each module there is registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.synthetic",
+    "tests.fixtures.repository",
+]
