@@ -147,7 +147,7 @@ def predict_probabilities(
     image: np.ndarray,
     runner: Runner,
     spec: PipelineSpec,
-    options: InferenceOptions = InferenceOptions(),  # noqa: B008 - frozen dataclass, safe default
+    options: InferenceOptions = InferenceOptions(),
     stats: PipelineStats | None = None,
 ) -> np.ndarray:
     """Class probabilities for one image.
@@ -235,7 +235,7 @@ def predict_label(
     image: np.ndarray,
     runner: Runner,
     spec: PipelineSpec,
-    options: InferenceOptions = InferenceOptions(),  # noqa: B008
+    options: InferenceOptions = InferenceOptions(),
     stats: PipelineStats | None = None,
 ) -> np.ndarray:
     """(H, W) class ids (uint8 when the classes fit, else int32) for one RGB image; see predict_probabilities."""

@@ -1,0 +1,149 @@
+"""The model repository contract: names, versions, atomic publishing, the lock."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+
+import pytest
+
+from serving.repository import (
+    LOCK_FILE,
+    METADATA_FILE,
+    ModelMetadata,
+    ModelNotFoundError,
+    ModelRepository,
+    RepositoryError,
+    publish_lock,
+)
+
+
+def _metadata(**overrides) -> ModelMetadata:
+    fields = dict(
+        name="m", version=0, arch="psp", layers=18, dataset="synthetic", classes=["a", "b"],
+        palette=[[0, 0, 0], [255, 0, 0]], crop_h=65, crop_w=65, mean=[1.0, 2.0, 3.0], std=[1.0, 1.0, 1.0],
+    )
+    fields.update(overrides)
+    return ModelMetadata(**fields)
+
+
+def _populate(staging):
+    (staging / "model.onnx").write_bytes(b"onnx")
+    return _metadata()
+
+
+def test_publish_numbers_versions_and_never_overwrites(tmp_path):
+    repo = ModelRepository(tmp_path)
+    assert repo.publish_version("seg", _populate, {"labels.txt": "a\nb\n"})[0] == 1
+    assert repo.publish_version("seg", _populate)[0] == 2
+    assert repo.list_versions("seg") == [1, 2]
+    assert repo.list_models() == ["seg"]
+    assert (tmp_path / "seg" / "labels.txt").read_text() == "a\nb\n"
+    with pytest.raises(RepositoryError, match="already exists"):
+        repo.publish_version("seg", _populate, version=2)
+    assert repo.publish_version("seg", _populate, version=7)[0] == 7
+    assert repo.publish_version("seg", _populate)[0] == 8
+    meta = repo.read_metadata("seg")
+    assert (meta.name, meta.version) == ("seg", 8)
+
+
+def test_failed_populate_leaves_nothing_visible(tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.publish_version("seg", _populate)
+
+    def broken(staging):
+        (staging / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("exporter died")
+
+    with pytest.raises(RuntimeError, match="exporter died"):
+        repo.publish_version("seg", broken)
+    assert repo.list_versions("seg") == [1]
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["1"]
+
+
+def test_invalid_metadata_is_refused(tmp_path):
+    repo = ModelRepository(tmp_path)
+    with pytest.raises(RepositoryError, match="palette has 1 colours for 2 classes"):
+        repo.publish_version("seg", lambda s: _metadata(palette=[[0, 0, 0]]))
+    assert repo.list_versions("seg") == []
+
+
+def test_incomplete_version_directory_is_not_a_version(tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.publish_version("seg", _populate)
+    (tmp_path / "seg" / "2").mkdir()  # e.g. copied by hand, no metadata
+    assert repo.list_versions("seg") == [1]
+    assert repo.served_version("seg") == 1
+    assert repo.next_version("seg") == 3  # the number is still taken
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", ".hidden", "", "x" * 200, "a..b", "/etc", "a b"])
+def test_unsafe_names_are_refused(tmp_path, name):
+    with pytest.raises(RepositoryError, match="invalid model name"):
+        ModelRepository(tmp_path).model_dir(name)
+
+
+def test_pinned_version_wins_until_unpinned(tmp_path):
+    repo = ModelRepository(tmp_path)
+    for _ in range(3):
+        repo.publish_version("seg", _populate)
+    repo.set_pinned_version("seg", 2)
+    assert repo.served_version("seg") == 2
+    with pytest.raises(ModelNotFoundError):
+        repo.set_pinned_version("seg", 9)
+    repo.set_pinned_version("seg", None)
+    assert repo.served_version("seg") == 3
+
+
+def test_repository_path_that_is_a_file(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(RepositoryError, match="is a file"):
+        ModelRepository(path).publish_version("seg", _populate)
+
+
+def test_metadata_round_trip_and_missing_fields(tmp_path):
+    repo = ModelRepository(tmp_path)
+    repo.publish_version("seg", _populate)
+    data = json.loads((tmp_path / "seg" / "1" / METADATA_FILE).read_text())
+    assert ModelMetadata.from_dict(data).to_dict() == data
+    del data["classes"]
+    with pytest.raises(RepositoryError, match="missing required field.*classes"):
+        ModelMetadata.from_dict(data)
+
+
+def _publish_many(root, count, out):
+    repo = ModelRepository(root)
+    out.put([repo.publish_version("seg", _populate)[0] for _ in range(count)])
+
+
+def test_concurrent_publishers_never_share_a_version(tmp_path):
+    queue = mp.get_context("fork").Queue()
+    procs = [mp.get_context("fork").Process(target=_publish_many, args=(tmp_path, 5, queue)) for _ in range(3)]
+    for proc in procs:
+        proc.start()
+    numbers = sum((queue.get(timeout=60) for _ in procs), [])
+    for proc in procs:
+        proc.join(timeout=60)
+    assert sorted(numbers) == list(range(1, 16))
+    assert ModelRepository(tmp_path).list_versions("seg") == list(range(1, 16))
+
+
+def test_stale_lock_of_dead_process_is_broken(tmp_path):
+    lock = tmp_path / LOCK_FILE
+    proc = mp.get_context("fork").Process(target=os._exit, args=(0,))
+    proc.start()
+    proc.join()
+    lock.write_text(f"{os.uname().nodename} {proc.pid} {time.time():.3f}\n")
+    with publish_lock(lock, timeout=2):
+        assert lock.read_text().split()[1] == str(os.getpid())
+    assert not lock.exists()
+
+
+def test_live_lock_times_out_with_clear_error(tmp_path):
+    lock = tmp_path / LOCK_FILE
+    lock.write_text(f"{os.uname().nodename} {os.getpid()} {time.time():.3f}\n")
+    with pytest.raises(RepositoryError, match="could not take the publish lock"), publish_lock(lock, timeout=0.3):
+        pass
