@@ -85,6 +85,7 @@ class ModelMetadata:
     files: dict[str, str] = field(default_factory=lambda: {"onnx": "model.onnx"})
     checkpoint_sha256: str = ""
     checkpoint_name: str = ""
+    checkpoint_path: str = ""  # absolute path at export time; `pipeline --from-deployed` fine-tunes from it
     tools: dict[str, str] = field(default_factory=dict)
     parity: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
