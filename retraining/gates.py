@@ -78,9 +78,9 @@ def check_gates(candidate: dict[str, Any], deployed: dict[str, Any] | None, poli
                 if a - b > policy.class_tolerance + 1e-12:
                     name = class_names[index] if class_names and index < len(class_names) else f"class {index}"
                     worst.append(f"{name} {a:.4f} -> {b:.4f}")
-            checks.append(GateCheck("class-regression", not worst,
-                                    "no class dropped more than %.4f" % policy.class_tolerance if not worst
-                                    else "dropped beyond %.4f: %s" % (policy.class_tolerance, ", ".join(worst))))
+            tolerance = f"{policy.class_tolerance:.4f}"
+            detail = f"dropped beyond {tolerance}: {', '.join(worst)}" if worst else f"no class dropped more than {tolerance}"
+            checks.append(GateCheck("class-regression", not worst, detail))
         elif old or new:
             checks.append(GateCheck("class-regression", False,
                                     f"per-class IoU lists differ in length ({len(old)} vs {len(new)}): classes changed"))
