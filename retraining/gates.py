@@ -48,6 +48,8 @@ class GateResult:
 
 def per_class_iou(metrics: dict[str, Any]) -> list[float]:
     """The per-class IoU list of a metrics dict (NaN where a class was absent)."""
+    if isinstance(metrics.get("per_class"), list):  # training.metrics.summarize's layout
+        return [float("nan") if row.get("iou") is None else float(row["iou"]) for row in metrics["per_class"]]
     for key in ("class_iou", "per_class_iou", "iou_per_class"):
         if key in metrics:
             values = metrics[key]
