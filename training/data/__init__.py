@@ -1,0 +1,1 @@
+"""List-file datasets, joint image/label transforms and the synthetic dataset generator."""
