@@ -1,0 +1,1 @@
+"""sceneparse training: models, configs, datasets, the training loop and the evaluation protocol."""
