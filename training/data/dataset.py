@@ -66,7 +66,10 @@ def load_pair(
         except OSError as exc:
             raise entry.error(f"cannot decode image ({exc})", entry.image_path) from None
     if label_mapping is not None:
-        label = np.asarray(label_mapping(label), dtype=np.uint8)
+        try:
+            label = np.asarray(label_mapping(label), dtype=np.uint8)
+        except ValueError as exc:  # e.g. an id the dataset's label files cannot contain
+            raise entry.error(f"label mapping failed: {exc}", entry.label_path) from None
     return image, label
 
 

@@ -17,6 +17,7 @@ different seeds share classes (useful for retraining on "new" data). Scenes depe
     DIR/images/{train,val}_NNNN.jpg     RGB scenes
     DIR/labels/{train,val}_NNNN.png     8-bit class ids (no 255 is ever written)
     DIR/train.txt, DIR/val.txt          `images/... labels/...` per line, relative to DIR
+    DIR/list/train.txt, DIR/list/val.txt  the same lists in the original's dataset/<name>/list/ layout
     DIR/synthetic_names.txt             one class name per line
     DIR/synthetic_colors.txt            `R G B` per line (the palette for colourised masks)
 """
@@ -279,8 +280,13 @@ def make_synthetic_dataset(
         Image.fromarray(label).save(root / label_rel)
         lines[split].append(f"{image_rel} {label_rel}")
 
+    # The lists go to DIR/ and, identically, to DIR/list/ (the original's dataset/<name>/list/
+    # layout, which the shipped synthetic configs point at); both are relative to DIR.
+    (root / "list").mkdir(exist_ok=True)
     for split, split_lines in lines.items():
-        (root / f"{split}.txt").write_text("\n".join(split_lines) + "\n")
+        text = "\n".join(split_lines) + "\n"
+        (root / f"{split}.txt").write_text(text)
+        (root / "list" / f"{split}.txt").write_text(text)
     names = ["background"] + [s.name for s in styles]
     colors = [(0, 0, 0)] + [s.color for s in styles]
     names_path, colors_path = root / "synthetic_names.txt", root / "synthetic_colors.txt"
