@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.synthetic",
     "tests.fixtures.repository",
+    "tests.serving.triton.fixtures",
 ]
