@@ -112,34 +112,41 @@ def _check_consistency(values: Mapping[str, Any]) -> None:
         raise ConfigError(f"keep_last: must be at least 1 or None, got {values['keep_last']}")
 
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate keys and remembers the line of each key."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__(stream)
-        self.key_lines: dict[str, int] = {}
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate keys (PyYAML silently keeps the last one)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
-            line = key_node.start_mark.line + 1
             if key in seen:
-                raise ConfigError(f"line {line}: duplicate key {key!r}")
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}")
             seen.add(key)
-            if isinstance(key, str):
-                self.key_lines.setdefault(key, line)
         return super().construct_mapping(node, deep=deep)
 
 
-def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
+def _key_lines(text: str) -> dict[Any, int]:
+    """Line of each section (`"TRAIN"`) and each key (`("TRAIN", "base_lr")`), for error messages."""
+    lines: dict[Any, int] = {}
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if not isinstance(root, yaml.MappingNode):
+        return lines
+    for section_node, body in root.value:
+        lines[section_node.value] = section_node.start_mark.line + 1
+        if isinstance(body, yaml.MappingNode):
+            for key_node, _ in body.value:
+                lines[(section_node.value, key_node.value)] = key_node.start_mark.line + 1
+    return lines
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Any, int]]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except (IsADirectoryError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not a readable YAML text file ({exc})") from None
-    loader = _LineLoader(text)
+    loader = _StrictLoader(text)
     try:
         data = loader.get_single_data()
     except ConfigError as exc:
@@ -155,10 +162,10 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[str, int]]:
         raise ConfigError(f"{path}: config file is empty")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected sections {', '.join(SECTIONS)} at the top level")
-    return data, loader.key_lines
+    return data, _key_lines(text)
 
 
-def _flatten(data: dict[str, Any], path: Path, lines: dict[str, int]) -> dict[str, Any]:
+def _flatten(data: dict[str, Any], path: Path, lines: dict[Any, int]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     origin: dict[str, str] = {}
     for section, body in data.items():
@@ -170,7 +177,7 @@ def _flatten(data: dict[str, Any], path: Path, lines: dict[str, int]) -> dict[st
         if not isinstance(body, dict):
             raise ConfigError(f"{where}: section {section} must hold `key: value` lines")
         for key, value in body.items():
-            where = f"{path} line {lines.get(key, '?')}"
+            where = f"{path} line {lines.get((section, key), '?')}"
             if key not in KEYS:
                 raise ConfigError(f"{where}: unknown key {section}.{key}{_suggest(str(key))}")
             if key in flat:

@@ -183,15 +183,27 @@ def _dataset_from_path(path: str) -> str | None:
     return None
 
 
+def _resolve(path: str | None, data_root: str | None) -> str | None:
+    # A run that moves the data (override `data_root DIR`) finds DIR/<name>_names.txt as well.
+    if path and not Path(path).is_file() and data_root:
+        candidate = Path(data_root) / Path(path).name
+        if candidate.is_file():
+            return str(candidate)
+    return path
+
+
 def dataset_info_for_config(cfg: Mapping[str, Any]) -> DatasetInfo:
     """Metadata for a parsed config (keys `dataset`, `names_path`, `colors_path`, `classes`).
 
-    The config's names/colors files are used when both exist. Otherwise a packaged dataset is
+    The config's names/colors files are used when both exist (as given, or by file name under
+    `data_root`, so overriding `data_root` is enough to move a dataset). Otherwise a packaged dataset is
     used: `dataset` if set, else the one the file names point to (the original configs name
     `data/ade20k/ade20k_names.txt`, which need not exist here). The class count must equal
     `classes` when the config has it.
     """
-    names_path, colors_path = cfg.get("names_path"), cfg.get("colors_path")
+    data_root = cfg.get("data_root")
+    names_path = _resolve(cfg.get("names_path"), data_root)
+    colors_path = _resolve(cfg.get("colors_path"), data_root)
     name = cfg.get("dataset")
     if names_path and colors_path and Path(names_path).is_file() and Path(colors_path).is_file():
         info = dataset_info(name or _dataset_from_path(str(names_path)) or "custom", names_path, colors_path)
