@@ -1,0 +1,1 @@
+"""The HTTP API: error mapping, dependencies, middleware and one router per resource."""

@@ -1,0 +1,97 @@
+"""Dependencies of the routes, as `Annotated` aliases: settings, the gateway, API-key checks."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from serving.api.errors import ApiError
+from serving.gateway import Gateway
+from serving.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_gateway(request: Request) -> Gateway:
+    gateway = getattr(request.app.state, "gateway", None)
+    if gateway is None:
+        raise ApiError(503, "starting", "the gateway is still starting", {"Retry-After": "1"})
+    return gateway
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+
+
+def presented_key(request: Request) -> str | None:
+    """The key a client sent: `X-API-Key`, `Authorization: Bearer <key>` or Basic auth's password."""
+    key = request.headers.get("x-api-key")
+    if key:
+        return key
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    if scheme.lower() == "basic" and value.strip():
+        # Browsers can send Basic auth on plain page loads; any user name, the key as password.
+        try:
+            _, _, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+        return password or None
+    return None
+
+
+def _matches(key: str | None, keys: list[str]) -> bool:
+    if not key:
+        return False
+    # Compare against every key so the time taken does not say which one almost matched.
+    found = False
+    for candidate in keys:
+        found |= hmac.compare_digest(key.encode(), candidate.encode())
+    return found
+
+
+def _challenge(scheme: str) -> dict[str, str]:
+    return {"WWW-Authenticate": f'{scheme} realm="sceneparse"'}
+
+
+def _check(request: Request, settings: Settings, admin: bool, scheme: str) -> None:
+    if not settings.auth_enabled:
+        return
+    key = presented_key(request)
+    if admin:
+        if _matches(key, settings.admin_keys):
+            return
+        if _matches(key, settings.api_keys):
+            raise ApiError(403, "forbidden", "this route needs an admin key")
+        raise ApiError(401, "unauthorized", "an admin key is required (X-API-Key or Authorization: Bearer)",
+                       _challenge(scheme))
+    if not _matches(key, settings.api_keys + settings.admin_keys):
+        detail = "a valid API key is required (X-API-Key or Authorization: Bearer)"
+        raise ApiError(401, "unauthorized", detail if key is None else "the API key is not valid", _challenge(scheme))
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """Any configured key (API or admin) when keys are configured; open otherwise."""
+    _check(request, settings, admin=False, scheme="Bearer")
+
+
+def require_page_key(request: Request, settings: SettingsDep) -> None:
+    """As `require_api_key`, but a 401 asks the browser for Basic credentials (the key as password)."""
+    _check(request, settings, admin=False, scheme="Basic")
+
+
+def require_admin_key(request: Request, settings: SettingsDep) -> None:
+    """An admin key when keys are configured; open otherwise."""
+    _check(request, settings, admin=True, scheme="Bearer")
+
+
+ApiKey = Depends(require_api_key)
+PageKey = Depends(require_page_key)
+AdminKey = Depends(require_admin_key)

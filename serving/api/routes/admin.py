@@ -1,0 +1,21 @@
+"""POST /v1/admin/reload: pick up new or pinned versions now instead of at the next poll."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from serving.api.deps import AdminKey, GatewayDep
+
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminKey])
+
+
+@router.post("/reload", summary="Rescan the model repository")
+async def reload_models(gateway: GatewayDep) -> dict[str, Any]:
+    """Loads each model's served version; in-flight requests finish on the version they started on.
+
+    Returns `served` (model -> version), `changed` (model -> [old, new]) and `errors` (model -> message).
+    """
+    report = await gateway.refresh()
+    return report.to_dict()

@@ -1,0 +1,166 @@
+"""POST /v1/segment: an image in, its segmentation out (PNG or JSON)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import UploadFile
+
+from serving.api.deps import ApiKey, GatewayDep
+from serving.api.errors import ApiError
+from serving.gateway import Gateway
+from serving.imaging import decode_image
+from serving.models import LoadedModel
+from serving.pipeline import PipelineStats, validate_scales
+from serving.rendering import base64_png, class_summary, render_png
+from serving.segmentation import CancellableRunner, SegmentOptions, segment_image
+from serving.workers import DeadlineExceeded, QueueFull
+
+router = APIRouter(prefix="/v1", tags=["segment"], dependencies=[ApiKey])
+
+OutputKind = Literal["color", "label", "overlay", "json"]
+PngKind = Literal["color", "label", "overlay"]
+
+_IMAGE_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {"type": "object", "properties": {"image": {"type": "string", "format": "binary"}},
+                       "required": ["image"]},
+        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "not an image, or a truncated/corrupt one"},
+    401: {"description": "missing or invalid API key"},
+    404: {"description": "unknown model"},
+    413: {"description": "body or pixel count over the limit"},
+    415: {"description": "an image format outside JPEG, PNG, WebP, BMP, TIFF, GIF"},
+    422: {"description": "invalid parameter"},
+    503: {"description": "queue full or backend unavailable (see Retry-After)"},
+    504: {"description": "deadline exceeded"},
+}
+
+
+class SegmentParams(BaseModel):
+    """Query parameters of /v1/segment."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, description="model name (default: the configured or first model)")
+    output: OutputKind = Field("color", description="color: palette PNG; label: 8-bit class-id PNG; "
+                               "overlay: mask blended on the photo; json: classes present, fractions, colours")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="mask opacity of the overlay")
+    scales: list[str] | None = Field(None, description="test scales, comma-separated or repeated (default: the model's)")
+    flip: bool | None = Field(None, description="add mirrored crops (default: the model's)")
+    max_side: int | None = Field(None, ge=32, description="long side the image is shrunk to for inference")
+    png: list[PngKind] = Field(default_factory=list, description="with output=json: PNGs to embed as base64")
+
+
+def _segment_options(params: SegmentParams, loaded: LoadedModel, gateway: Gateway) -> SegmentOptions:
+    settings = gateway.settings
+    meta = loaded.meta
+    scales = tuple(meta.test_scales)
+    if params.scales:
+        try:
+            values = [float(item) for text in params.scales for item in text.split(",") if item.strip()]
+            scales = validate_scales(values, allowed_max=settings.max_scales)
+        except ValueError as exc:
+            raise ApiError(422, "invalid_parameter", f"scales: {exc}") from None
+    max_side = params.max_side if params.max_side is not None else settings.max_side
+    if max_side > settings.max_side_limit:
+        raise ApiError(422, "invalid_parameter", f"max_side: at most {settings.max_side_limit}, got {max_side}")
+    flip = meta.flip if params.flip is None else params.flip
+    return SegmentOptions(scales=scales, flip=flip, stride_rate=meta.stride_rate, max_side=max_side)
+
+
+async def _read_image_bytes(request: Request) -> bytes:
+    """The upload: multipart field `image`, or the raw body for any other content type."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        return await request.body()
+    form = await request.form(max_files=4, max_fields=16)
+    try:
+        upload = form.get("image")
+        if upload is None:
+            raise ApiError(422, "missing_image", "the multipart body has no field named 'image'")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "missing_image", "the multipart field 'image' must be a file")
+        return await upload.read()
+    finally:
+        await form.close()
+
+
+@router.post(
+    "/segment",
+    summary="Segment one image",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}, "application/json": {}},
+                     "description": "the mask (PNG) or the class summary (JSON)"}, **_ERRORS},
+    openapi_extra={"requestBody": _IMAGE_BODY},
+)
+async def segment(request: Request, gateway: GatewayDep, params: Annotated[SegmentParams, Query()]) -> Response:
+    """The mask has the input's size after EXIF orientation. Headers name the model and version used."""
+    loaded = gateway.manager.acquire(params.model)  # the version is fixed here, for the whole request
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            gateway.manager.release(loaded)
+
+    try:
+        options = _segment_options(params, loaded, gateway)
+        data = await _read_image_bytes(request)
+    except BaseException:
+        release()
+        raise
+    settings, metrics = gateway.settings, gateway.metrics
+
+    def job(cancelled: threading.Event) -> tuple[bytes, str, dict[str, float], int]:
+        seconds: dict[str, float] = {}
+        tick = time.perf_counter()
+        image = decode_image(data, settings.max_pixels)
+        seconds["decode"] = time.perf_counter() - tick
+        stats = PipelineStats()
+        label = segment_image(image, CancellableRunner(loaded.runner, cancelled), loaded.meta, options,
+                              stats, loaded.spec)
+        tick = time.perf_counter()
+        if params.output == "json":
+            body = json.dumps({
+                "model": loaded.name,
+                "version": loaded.version,
+                "width": int(image.shape[1]),
+                "height": int(image.shape[0]),
+                "tiles": stats.tiles,
+                "classes": class_summary(label, loaded.meta),
+                "png": {kind: base64_png(render_png(kind, image, label, loaded.meta, params.alpha))
+                        for kind in dict.fromkeys(params.png)},
+            }, separators=(",", ":")).encode()
+            media_type = "application/json"
+        else:
+            body = render_png(params.output, image, label, loaded.meta, params.alpha)
+            media_type = "image/png"
+        seconds["encode"] = time.perf_counter() - tick
+        seconds.update(stats.seconds)
+        return body, media_type, seconds, stats.tiles
+
+    try:
+        body, media_type, seconds, tiles = await gateway.pool.run(job, settings.request_timeout, on_done=release)
+    except QueueFull:
+        metrics.rejected.labels("queue_full").inc()
+        raise
+    except DeadlineExceeded:
+        metrics.rejected.labels("deadline").inc()
+        raise
+    metrics.observe_stages(seconds)
+    metrics.tiles.observe(tiles)
+    return Response(body, media_type=media_type,
+                    headers={"X-Model-Name": loaded.name, "X-Model-Version": str(loaded.version)})

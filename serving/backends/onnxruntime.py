@@ -1,0 +1,125 @@
+"""ONNX Runtime in the gateway's own process: the CPU provider by default, CUDA when present.
+
+CPU: one session per model version with intra-op threads = the cores this process may use and
+sequential execution (a segmentation network is one long chain of convolutions; inter-op
+parallelism only adds contention). CUDA: the arena grows only by what is asked for and is capped
+by `gpu_mem_limit`, and cuDNN picks convolution algorithms heuristically instead of benchmarking
+them with large workspaces, so PSPNet-101 at its default batch stays inside a 4 GB card
+(docs/serving.md derives the budget). FP16 models get their input cast to float16 and their
+logits cast back to float32.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.backends.base import Backend, ModelRunner
+from serving.repository import ModelMetadata, ModelRepository, RepositoryError
+
+log = logging.getLogger(__name__)
+
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+MIB = 1024 * 1024
+
+
+def cuda_provider_options(gpu_mem_limit_mb: int, device_id: int = 0) -> dict[str, Any]:
+    """Options of the CUDA execution provider that keep one session inside `gpu_mem_limit_mb`."""
+    return {
+        "device_id": device_id,
+        "gpu_mem_limit": int(gpu_mem_limit_mb) * MIB,
+        # The default (kNextPowerOfTwo) can double a 1.1 GB request into 2 GB.
+        "arena_extend_strategy": "kSameAsRequested",
+        # EXHAUSTIVE benchmarks algorithms with workspaces of their own; HEURISTIC needs none.
+        "cudnn_conv_algo_search": "HEURISTIC",
+        "do_copy_in_default_stream": True,
+    }
+
+
+def choose_providers(device: str, gpu_mem_limit_mb: int, device_id: int = 0) -> list[Any]:
+    """The provider list for `device` ("auto", "cpu" or "cuda"); the CPU provider always comes last.
+
+    Raises RuntimeError when "cuda" is asked for and this onnxruntime build has no CUDA provider.
+    """
+    available = ort.get_available_providers()
+    if device == "cuda" and CUDA_PROVIDER not in available:
+        raise RuntimeError(
+            f"ort_device=cuda but onnxruntime {ort.__version__} offers only {available}; install onnxruntime-gpu"
+        )
+    if device in {"auto", "cuda"} and CUDA_PROVIDER in available:
+        return [(CUDA_PROVIDER, cuda_provider_options(gpu_mem_limit_mb, device_id)), CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+class OnnxRuntimeRunner(ModelRunner):
+    """One `InferenceSession` for one model version; `session.run` is thread-safe."""
+
+    def __init__(self, meta: ModelMetadata, session: ort.InferenceSession):
+        super().__init__(meta)
+        self.session = session
+        inputs = {node.name: node for node in session.get_inputs()}
+        outputs = {node.name for node in session.get_outputs()}
+        if meta.input_name not in inputs:
+            raise RepositoryError(f"{meta.name} v{meta.version}: the graph has no input {meta.input_name!r} ({sorted(inputs)})")
+        if meta.output_name not in outputs:
+            raise RepositoryError(f"{meta.name} v{meta.version}: the graph has no output {meta.output_name!r} ({sorted(outputs)})")
+        graph_fp16 = inputs[meta.input_name].type == "tensor(float16)"
+        if (meta.precision == "fp16") != graph_fp16:
+            # The metadata says what export meant; the graph says what it takes. Trust the graph.
+            log.warning("%s v%d: metadata precision %s but the graph input is %s", meta.name, meta.version,
+                        meta.precision, inputs[meta.input_name].type)
+        self.input_dtype = np.float16 if graph_fp16 else np.float32
+        self.providers = session.get_providers()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """float32 (N, 3, crop_h, crop_w), N <= max_batch_size -> float32 logits (N, C, h, w)."""
+        if batch.ndim != 4 or batch.shape[0] > self.max_batch_size:
+            raise ValueError(f"batch of shape {batch.shape} exceeds max_batch_size {self.max_batch_size} or is not NCHW")
+        feed = {self.meta.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
+        (logits,) = self.session.run([self.meta.output_name], feed)
+        return logits.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        # Dropping the last reference frees the session and its arena.
+        self.session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    """Opens `model.onnx` of a published version in an ONNX Runtime session."""
+
+    kind = "onnxruntime"
+
+    def __init__(self, device: str = "auto", threads: int = 1, gpu_mem_limit_mb: int = 3072, device_id: int = 0):
+        self.device = device
+        self.threads = max(1, int(threads))
+        self.gpu_mem_limit_mb = gpu_mem_limit_mb
+        self.providers = choose_providers(device, gpu_mem_limit_mb, device_id)
+
+    @property
+    def provider_names(self) -> list[str]:
+        return [p[0] if isinstance(p, tuple) else p for p in self.providers]
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
+        return options
+
+    def open(self, repository: ModelRepository, meta: ModelMetadata) -> OnnxRuntimeRunner:
+        path = repository.model_file(meta.name, meta.version, "onnx")
+        if not path.is_file():
+            raise RepositoryError(f"{meta.name} v{meta.version}: model file {path} is missing")
+        try:
+            session = ort.InferenceSession(str(path), self.session_options(), providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise RepositoryError(f"{path}: onnxruntime cannot load it: {exc}") from exc
+        runner = OnnxRuntimeRunner(meta, session)
+        log.info("loaded %s v%d with %s (%d threads)", meta.name, meta.version, runner.providers, self.threads)
+        return runner

@@ -1,0 +1,66 @@
+"""The gateway's long-lived objects, built once per app in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from serving.backends.base import Backend
+from serving.metrics import GatewayMetrics
+from serving.models import ModelManager, RefreshReport
+from serving.settings import Settings
+from serving.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gateway:
+    """Settings, backend, loaded models, worker pool and metrics of one running app."""
+
+    settings: Settings
+    backend: Backend
+    manager: ModelManager
+    pool: WorkerPool
+    metrics: GatewayMetrics
+
+    async def refresh(self) -> RefreshReport:
+        """Pick up new, pinned or removed versions (loading runs on a thread); updates the metrics."""
+        report = await asyncio.to_thread(self.manager.refresh)
+        for name, (_, new) in report.changed.items():
+            self.metrics.reloads.labels(name, "loaded" if new is not None else "removed").inc()
+            if new is None:
+                self.metrics.model_version.remove(name)
+        for name in report.errors:
+            self.metrics.reloads.labels(name, "failed").inc()
+        for name, version in report.served.items():
+            self.metrics.model_version.labels(name).set(version)
+        return report
+
+    async def poll(self) -> None:
+        """Refresh every `poll_interval` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval)
+            try:
+                await self.refresh()
+            except Exception as exc:  # the poller must outlive any one bad scan
+                log.error("model repository scan failed: %s", exc)
+
+    async def readiness(self) -> tuple[bool, str]:
+        """(ready, reason): the backend is live and at least one loaded model is ready on it."""
+        loaded = self.manager.loaded()
+        if not loaded:
+            errors = "; ".join(f"{k}: {v}" for k, v in self.manager.last_errors.items())
+            return False, "no model is loaded" + (f" ({errors})" if errors else "")
+        if not await asyncio.to_thread(self.backend.live):
+            return False, f"the {self.backend.kind} backend is not reachable"
+        for entry in loaded:
+            if await asyncio.to_thread(self.backend.model_ready, entry.meta):
+                return True, "ready"
+        return False, f"no model is ready on the {self.backend.kind} backend"
+
+    def close(self) -> None:
+        self.pool.shutdown()
+        self.manager.close()
+        self.backend.close()

@@ -1,0 +1,108 @@
+"""Label maps -> what clients see: palette PNGs, 8-bit label PNGs, overlays and class summaries."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from serving.repository import ModelMetadata
+
+# zlib level 3 is within a few percent of level 6 in size on label maps and several times faster.
+PNG_COMPRESS_LEVEL = 3
+
+
+def palette_array(palette: list[list[int]], num_classes: int) -> np.ndarray:
+    """(num_classes, 3) uint8 colours (the model's palette, cut to its classes)."""
+    return np.asarray(palette[:num_classes], dtype=np.uint8).reshape(-1, 3)
+
+
+def color_mask(label: np.ndarray, palette: list[list[int]]) -> np.ndarray:
+    """(H, W) class ids -> (H, W, 3) uint8 colours; ids past the palette are black."""
+    colors = np.zeros((max(256, len(palette)), 3), dtype=np.uint8)
+    colors[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    return colors[label]
+
+
+def color_image(label: np.ndarray, palette: list[list[int]]) -> Image.Image:
+    """The mask in the model's palette: a palette ("P") image when the ids fit a byte, else RGB."""
+    if label.dtype == np.uint8 and len(palette) <= 256:
+        image = Image.fromarray(label)  # "L"; putpalette turns it into "P" without touching the ids
+        flat = np.zeros((256, 3), dtype=np.uint8)
+        flat[: len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+        image.putpalette(flat.tobytes())
+        return image
+    return Image.fromarray(color_mask(label, palette))
+
+
+def label_image(label: np.ndarray) -> Image.Image:
+    """Class ids as a grayscale PNG image: 8-bit ("L"), or 16-bit when there are more than 256 classes."""
+    if label.dtype == np.uint8:
+        return Image.fromarray(label)
+    return Image.fromarray(label.astype(np.uint16))
+
+
+def overlay(image: np.ndarray, label: np.ndarray, palette: list[list[int]], alpha: float) -> np.ndarray:
+    """The mask blended on the photo: (1 - alpha) * photo + alpha * colour; (H, W, 3) uint8."""
+    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color_mask(label, palette).astype(np.float32)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+
+
+def encode_png(image: Image.Image | np.ndarray) -> bytes:
+    """PNG bytes of a Pillow image or a uint8 array ((H, W) or (H, W, 3))."""
+    if isinstance(image, np.ndarray):
+        image = Image.fromarray(image)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buffer.getvalue()
+
+
+def render_png(kind: str, image: np.ndarray, label: np.ndarray, meta: ModelMetadata, alpha: float = 0.5) -> bytes:
+    """PNG bytes of one output kind: "color", "label" or "overlay"."""
+    if kind == "color":
+        return encode_png(color_image(label, meta.palette))
+    if kind == "label":
+        return encode_png(label_image(label))
+    if kind == "overlay":
+        return encode_png(overlay(image, label, meta.palette, alpha))
+    raise ValueError(f"unknown output kind {kind!r}: use color, label or overlay")
+
+
+def hex_color(rgb: list[int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(v) for v in rgb))
+
+
+def legend(meta: ModelMetadata) -> list[dict[str, Any]]:
+    """Every class of the model: id, name, colour as [R, G, B] and as #rrggbb."""
+    return [
+        {"id": index, "name": name, "color": [int(v) for v in meta.palette[index]], "hex": hex_color(meta.palette[index])}
+        for index, name in enumerate(meta.classes)
+    ]
+
+
+def class_summary(label: np.ndarray, meta: ModelMetadata) -> list[dict[str, Any]]:
+    """The classes present in `label`, largest first: id, name, colour, pixel count and fraction."""
+    counts = np.bincount(label.ravel(), minlength=meta.num_classes)
+    total = max(1, label.size)
+    entries = []
+    for index in np.flatnonzero(counts):
+        index = int(index)
+        known = index < meta.num_classes
+        color = meta.palette[index] if known else [0, 0, 0]
+        entries.append({
+            "id": index,
+            "name": meta.classes[index] if known else f"class {index}",
+            "color": [int(v) for v in color],
+            "hex": hex_color(color),
+            "pixels": int(counts[index]),
+            "fraction": round(float(counts[index]) / total, 6),
+        })
+    entries.sort(key=lambda entry: (-entry["pixels"], entry["id"]))
+    return entries
+
+
+def base64_png(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")

@@ -1,0 +1,105 @@
+"""One image through one model: bound the size, run the shared pipeline, give the label back at full size.
+
+Used by the gateway and by `sceneparse predict`, so both answer the same for the same image.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from serving.pipeline import InferenceOptions, PipelineSpec, PipelineStats, Runner, predict_label
+from serving.repository import ModelMetadata
+
+
+class RequestCancelled(Exception):
+    """The request's deadline passed; the rest of its batches are not run."""
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Per-request choices. `max_side`: long side the image is shrunk to for inference (None: never)."""
+
+    scales: tuple[float, ...]
+    flip: bool
+    stride_rate: float = 2.0 / 3.0
+    max_side: int | None = None
+
+    @classmethod
+    def defaults_for(cls, meta: ModelMetadata, max_side: int | None = None) -> SegmentOptions:
+        """The model's own test protocol (its scales, flip and stride rate)."""
+        return cls(tuple(meta.test_scales), bool(meta.flip), float(meta.stride_rate), max_side)
+
+    def pipeline_options(self) -> InferenceOptions:
+        return InferenceOptions(scales=self.scales, flip=self.flip, stride_rate=self.stride_rate)
+
+
+class CancellableRunner:
+    """Wraps a runner so a cancelled request stops before its next batch."""
+
+    def __init__(self, runner: Runner, cancelled: threading.Event):
+        self.runner = runner
+        self.cancelled = cancelled
+        self.max_batch_size = runner.max_batch_size
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self.cancelled.is_set():
+            raise RequestCancelled("the request's deadline passed")
+        return self.runner(batch)
+
+
+def inference_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
+    """(h, w) with the long side at most `max_side`, aspect ratio kept; unchanged when it fits."""
+    if not max_side or max(height, width) <= max_side:
+        return height, width
+    ratio = max_side / max(height, width)
+    return max(1, round(height * ratio)), max(1, round(width * ratio))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3) uint8, bilinear with Pillow's antialiasing when shrinking."""
+    height, width = size
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def resize_label_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(h, w) class ids -> (H, W) by nearest neighbour (pixel centres), dtype kept."""
+    out_h, out_w = size
+    in_h, in_w = label.shape
+    rows = np.minimum(((np.arange(out_h) + 0.5) * in_h / out_h).astype(np.int64), in_h - 1)
+    cols = np.minimum(((np.arange(out_w) + 0.5) * in_w / out_w).astype(np.int64), in_w - 1)
+    return label[rows[:, None], cols[None, :]]
+
+
+def segment_image(
+    image: np.ndarray,
+    runner: Runner,
+    meta: ModelMetadata,
+    options: SegmentOptions,
+    stats: PipelineStats | None = None,
+    spec: PipelineSpec | None = None,
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) class ids (uint8 up to 256 classes, else int32).
+
+    When the long side exceeds `options.max_side` the image is shrunk for inference and the label
+    map is brought back with nearest neighbour, so the result always has the input's size.
+    """
+    stats = stats if stats is not None else PipelineStats()
+    spec = spec or PipelineSpec.from_metadata(meta)
+    height, width = image.shape[:2]
+    small_size = inference_size(height, width, options.max_side)
+    small = image
+    if small_size != (height, width):
+        tick = time.perf_counter()
+        small = resize_image(image, small_size)
+        stats.seconds["preprocess"] += time.perf_counter() - tick
+    label = predict_label(small, runner, spec, options.pipeline_options(), stats)
+    if small_size != (height, width):
+        tick = time.perf_counter()
+        label = resize_label_nearest(label, (height, width))
+        stats.seconds["stitch"] += time.perf_counter() - tick
+    return label
