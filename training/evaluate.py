@@ -35,7 +35,7 @@ from training.metrics import ABSENT_POLICIES, AreaMeter
 from training.reports import format_table, write_reports
 
 
-class EvaluationError(Exception):
+class EvaluationError(ValueError):
     """A split, prediction or setting that evaluation cannot use; the message names the file/key."""
 
 
