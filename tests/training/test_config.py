@@ -344,6 +344,20 @@ def test_shipped_configs_are_listed_and_found_by_name():
         config_path("ade20k_pspnet5")
     with pytest.raises(ConfigError, match="not found"):
         find_config("some/where/missing.yaml")
+    with pytest.raises(ConfigError, match="did you mean"):
+        load_config("ade20k_pspnet5")
+
+
+def test_shipped_configs_load_by_name_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no training/config/ here: the documented paths still resolve
+    by_path = load_config("training/config/ade20k/ade20k_pspnet50.yaml")
+    assert by_path.path == config_path("ade20k_pspnet50")
+    assert load_config("ade20k_pspnet50", ["epochs", "1"]).epochs == 1
+    assert load_config("voc2012/voc2012_psanet50").arch == "psa"
+    (tmp_path / "mine.yaml").write_text(MINIMAL)
+    assert load_config("mine.yaml").path == Path("mine.yaml")  # a local file wins
+    with pytest.raises(ConfigError, match="training/config/ade20k/nope.yaml: config file not found"):
+        load_config("training/config/ade20k/nope.yaml")
 
 
 @pytest.mark.parametrize("name", sorted(SHIPPED))

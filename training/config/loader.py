@@ -322,7 +322,8 @@ def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> Con
     """Load a YAML config (original format) and apply `KEY VALUE` overrides.
 
     Args:
-        path: a YAML file with sections DATA, TRAIN, Distributed, TEST.
+        path: a YAML file with sections DATA, TRAIN, Distributed, TEST, or the name of a shipped
+            config (`ade20k_pspnet50`; see `find_config`).
         overrides: e.g. `["TRAIN.base_lr", "0.005", "epochs", "2"]`.
 
     Returns:
@@ -333,7 +334,9 @@ def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> Con
         ConfigError naming the file, line and key for unknown keys, wrong types, bad values,
         missing required keys (classes, arch, layers) and malformed overrides.
     """
-    path = Path(path)
+    from training.config.registry import find_config  # registry imports ConfigError from here
+
+    path = find_config(path)
     data, lines = _read_yaml(path)
     values = _flatten(data, path, lines)
     values.update(parse_overrides(overrides or []))

@@ -8,6 +8,8 @@ from pathlib import Path
 from training.config.loader import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent
+# How the documented commands name shipped configs (paths relative to the repository root).
+SHIPPED_PREFIX = "training/config/"
 
 
 def list_configs() -> list[str]:
@@ -33,10 +35,22 @@ def config_path(name: str) -> Path:
 
 
 def find_config(name_or_path: str | Path) -> Path:
-    """An existing YAML file path as given, else the shipped config of that name."""
+    """Resolve a config argument: an existing file, else a shipped config.
+
+    Accepted: a path to a YAML file; a shipped name (`ade20k/ade20k_pspnet50`, `ade20k_pspnet50`);
+    the repository-relative path of a shipped config (`training/config/ade20k/ade20k_pspnet50.yaml`)
+    from any working directory. Raises ConfigError ("config file not found" for path-like
+    arguments, the closest shipped names otherwise).
+    """
     path = Path(name_or_path)
     if path.is_file():
         return path
-    if path.suffix in {".yaml", ".yml"} and len(path.parts) > 2:
-        raise ConfigError(f"{path}: config file not found")
-    return config_path(str(name_or_path))
+    key = path.as_posix()
+    if not path.is_absolute() and key.startswith(SHIPPED_PREFIX):
+        key = key[len(SHIPPED_PREFIX) :]
+    try:
+        return config_path(key)
+    except ConfigError:
+        if path.suffix in {".yaml", ".yml"} or path.is_absolute() or len(path.parts) > 2:
+            raise ConfigError(f"{path}: config file not found") from None
+        raise
