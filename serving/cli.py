@@ -1,0 +1,116 @@
+"""`sceneparse serve`: run the gateway under uvicorn.
+
+Every flag has a SCENEPARSE_* environment variable (see serving/settings.py); a flag wins over
+the variable. SIGTERM (or Ctrl-C) turns /readyz to 503, optionally keeps serving for
+`shutdown_drain_seconds` so load balancers notice, lets in-flight requests finish (up to
+`graceful_timeout`), then exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import threading
+from types import FrameType
+
+import uvicorn
+from pydantic import ValidationError
+
+from serving.backends.factory import create_backend
+from serving.main import create_app
+from serving.settings import Settings
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn's server with a readiness flag flipped on the first shutdown signal."""
+
+    def __init__(self, config: uvicorn.Config, drain_seconds: float = 0.0):
+        super().__init__(config)
+        self.drain_seconds = drain_seconds
+        self._draining = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Not calling super(): it records the signal and re-raises it after shutdown, which would
+        # turn a clean, graceful exit into death by SIGTERM (exit status 143).
+        app_state = getattr(self.config.app, "state", None)
+        if app_state is not None:
+            app_state.draining = True
+        if self._draining:  # a second signal: stop waiting for the drain or for slow requests
+            self.should_exit = True
+            self.force_exit = True
+            return
+        self._draining = True
+        if self.drain_seconds > 0:
+            timer = threading.Timer(self.drain_seconds, lambda: setattr(self, "should_exit", True))
+            timer.daemon = True
+            timer.start()
+        else:
+            self.should_exit = True
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sceneparse serve",
+        description="Serve the models of a model repository over HTTP (web page at /, API docs at /docs).",
+        epilog="Every option can also be set as SCENEPARSE_<OPTION> in the environment (e.g. SCENEPARSE_PORT).",
+    )
+    parser.add_argument("--repository", help="model repository directory (default: model_repository)")
+    parser.add_argument("--backend", choices=["onnxruntime", "triton"], help="inference engine (default: onnxruntime)")
+    parser.add_argument("--triton-url", help="Triton host:port (default: 127.0.0.1:8000 for http, :8001 for grpc)")
+    parser.add_argument("--triton-protocol", choices=["http", "grpc"], help="Triton protocol (default: http)")
+    parser.add_argument("--host", help="address to bind (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (default: 8000)")
+    parser.add_argument("--workers", type=int, help="requests processed at once (default: 2)")
+    parser.add_argument("--poll-interval", type=float, help="seconds between repository scans; 0: off (default: 10)")
+    parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    return parser
+
+
+def _settings_error(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error.get("loc", ())) or "settings"
+        problems.append(f"{key} (--{key.replace('_', '-')} / SCENEPARSE_{key.upper()}): {error.get('msg')}")
+    return "; ".join(problems)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, build the settings and the backend, serve until a shutdown signal; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if value is not None}
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        print(f"sceneparse serve: invalid setting: {_settings_error(exc)}", file=sys.stderr)
+        return 2
+    if not settings.repository.is_dir():
+        print(f"sceneparse serve: model repository {settings.repository} is not a directory "
+              "(export a model first, or run `make serve` for the demo model)", file=sys.stderr)
+        return 2
+    try:
+        backend = create_backend(settings)
+    except (RuntimeError, ValueError, ImportError) as exc:
+        print(f"sceneparse serve: cannot start the {settings.backend} backend: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings, backend)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=int(settings.graceful_timeout),
+        lifespan="on",
+    )
+    server = GatewayServer(config, drain_seconds=settings.shutdown_drain_seconds)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        return 130
+    # uvicorn returns without starting when the port is taken or the lifespan fails.
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
