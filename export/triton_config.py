@@ -1,0 +1,151 @@
+"""Triton's `config.pbtxt` for an exported model, written as protobuf text format.
+
+The text is built by hand (no tritonclient needed at export time); a test parses it with
+`tritonclient.grpc.model_config_pb2.ModelConfig` to prove it is valid by Triton's own schema.
+
+Platforms and tensor names:
+- `onnxruntime_onnx`: tensors keep the ONNX graph's names (`input`, `logits`).
+- `pytorch_libtorch`: TorchScript has no tensor names, so Triton's convention applies:
+  `INPUT__0` and `OUTPUT__0` (the position after the double underscore).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from serving.repository import LABELS_FILE
+
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+DEFAULT_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
+TRITON_DTYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
+INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
+
+# Defaults for a 4 GB GPU. ORT's CUDA arena grows to the next power of two by default, which on a
+# small card turns a 1.1 GB request into 2 GB; "same as requested" keeps it tight. Exhaustive cuDNN
+# algorithm search allocates large workspaces while it benchmarks: heuristic search does not.
+DEFAULT_GPU_MEM_LIMIT = 3 * 1024**3  # leaves ~1 GB of a 4 GB card for the CUDA context and cuDNN
+
+
+def tensor_names(fmt: str) -> tuple[str, str]:
+    """(input name, output name) that Triton uses for a model file of format `fmt`."""
+    if fmt == "torchscript":
+        return "INPUT__0", "OUTPUT__0"
+    return "input", "logits"
+
+
+def preferred_batch_sizes(max_batch_size: int) -> list[int]:
+    """Powers of two up to max_batch_size, plus max_batch_size itself (e.g. 8 -> [2, 4, 8], 6 -> [2, 4, 6])."""
+    sizes = []
+    size = 2
+    while size < max_batch_size:
+        sizes.append(size)
+        size *= 2
+    sizes.append(max_batch_size)
+    return sizes
+
+
+@dataclass
+class TritonModelConfig:
+    """What goes into config.pbtxt.
+
+    `input_dims` is (3, crop_h, crop_w) and `output_dims` (classes, out_h, out_w), both
+    without the batch axis (Triton adds it because max_batch_size > 0).
+    """
+
+    name: str
+    fmt: str  # "onnx" or "torchscript"
+    input_dims: tuple[int, int, int]
+    output_dims: tuple[int, int, int]
+    precision: str = "fp32"
+    max_batch_size: int = 8
+    max_queue_delay_microseconds: int = 5000
+    instance_kind: str = "KIND_AUTO"
+    instance_count: int = 1
+    num_versions: int = 2  # the newest and the one before it, so a rollback needs no reload
+    gpu_mem_limit: int = DEFAULT_GPU_MEM_LIMIT
+    intra_op_threads: int = 0  # 0: ONNX Runtime picks (one per core)
+    label_file: str | None = LABELS_FILE
+    extra_parameters: dict[str, str] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.fmt not in PLATFORMS:
+            raise ValueError(f"unknown model format {self.fmt!r}; expected one of {sorted(PLATFORMS)}")
+        if self.precision not in TRITON_DTYPES:
+            raise ValueError(f"unknown precision {self.precision!r}; expected fp32 or fp16")
+        if self.instance_kind not in INSTANCE_KINDS:
+            raise ValueError(f"unknown instance kind {self.instance_kind!r}; expected one of {INSTANCE_KINDS}")
+        if self.max_batch_size < 1 or self.instance_count < 1 or self.num_versions < 1:
+            raise ValueError("max_batch_size, instance_count and num_versions must be >= 1")
+        if any(int(d) < 1 for d in (*self.input_dims, *self.output_dims)):
+            raise ValueError(f"tensor dims must be positive: {self.input_dims}, {self.output_dims}")
+
+    def to_text(self) -> str:
+        """The config.pbtxt text."""
+        self.validate()
+        in_name, out_name = tensor_names(self.fmt)
+        dtype = TRITON_DTYPES[self.precision]
+        preferred = ", ".join(str(s) for s in preferred_batch_sizes(self.max_batch_size))
+        label = f'\n    label_filename: "{self.label_file}"' if self.label_file else ""
+        lines = [
+            f'name: "{self.name}"',
+            f'platform: "{PLATFORMS[self.fmt]}"',
+            f'default_model_filename: "{DEFAULT_FILENAMES[self.fmt]}"',
+            f"max_batch_size: {self.max_batch_size}",
+            f"version_policy: {{ latest: {{ num_versions: {self.num_versions} }} }}",
+            "input [",
+            "  {",
+            f'    name: "{in_name}"',
+            f"    data_type: {dtype}",
+            "    format: FORMAT_NCHW",
+            f"    dims: [ {', '.join(str(int(d)) for d in self.input_dims)} ]",
+            "  }",
+            "]",
+            "output [",
+            "  {",
+            f'    name: "{out_name}"',
+            f"    data_type: {dtype}",
+            f"    dims: [ {', '.join(str(int(d)) for d in self.output_dims)} ]{label}",
+            "  }",
+            "]",
+            "dynamic_batching {",
+            f"  preferred_batch_size: [ {preferred} ]",
+            f"  max_queue_delay_microseconds: {self.max_queue_delay_microseconds}",
+            "}",
+            "instance_group [",
+            f"  {{ count: {self.instance_count} kind: {self.instance_kind} }}",
+            "]",
+        ]
+        if self.fmt == "onnx":
+            lines += self._onnx_settings()
+        else:
+            # libtorch: no autograd bookkeeping, and no profiling executor (it re-specialises the
+            # graph for every new batch size the dynamic batcher forms).
+            lines += _parameters({"INFERENCE_MODE": "true", "ENABLE_JIT_PROFILING": "false", **self.extra_parameters})
+        return "\n".join(lines) + "\n"
+
+    def _onnx_settings(self) -> list[str]:
+        lines = [
+            # No TensorRT accelerator (building engines needs more than a 4 GB card spares) and no
+            # CUDA graphs (they pin one graph per batch size in GPU memory).
+            "optimization {",
+            "  cuda { graphs: false }",
+            "}",
+        ]
+        # Model-level parameters the onnxruntime backend passes to the CUDA execution provider.
+        params = {
+            "cudnn_conv_algo_search": "1",  # HEURISTIC
+            "arena_extend_strategy": "1",  # kSameAsRequested
+            "gpu_mem_limit": str(int(self.gpu_mem_limit)),
+            "intra_op_thread_count": str(int(self.intra_op_threads)),
+            **self.extra_parameters,
+        }
+        return lines + _parameters(params)
+
+
+def _parameters(params: dict[str, str]) -> list[str]:
+    return [f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value in params.items()]
+
+
+def model_config_text(config: TritonModelConfig) -> str:
+    """config.pbtxt text for `config` (see TritonModelConfig)."""
+    return config.to_text()
