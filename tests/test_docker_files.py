@@ -176,6 +176,20 @@ def test_copied_sources_exist_and_reach_the_build_context():
         assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is missing"
 
 
+def test_every_copied_package_is_installed_by_pip():
+    # A package copied into the image but missing from packages.find would vanish from the
+    # non-editable install (e.g. `sceneparse pipeline` in the trainer image).
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"][
+        "include"
+    ]
+    packages = [s for s in copied_sources() if (ROOT / s / "__init__.py").exists()]
+    assert {"sceneparse", "training", "serving", "export"} <= set(packages)
+    for package in packages:
+        assert any(fnmatch.fnmatch(package, pattern) for pattern in include), (
+            f"{package} is not in packages.find"
+        )
+
+
 @pytest.mark.parametrize(
     ("path", "ignored"),
     [
