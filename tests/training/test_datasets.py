@@ -54,6 +54,7 @@ def test_every_dataset_has_its_class_count_and_a_uint8_palette():
         assert info.ignore_label == 255
         assert len(set(info.classes)) == count, f"{name} has duplicate class names"
         assert not info.palette.flags.writeable  # shared metadata must not be edited in place
+        assert dataset_info(name) is info  # packaged metadata is read once
 
 
 @pytest.mark.parametrize(("dataset", "train_id", "name", "color"), KNOWN)

@@ -19,6 +19,7 @@ Where each packaged palette comes from (all class orders are the train-id orders
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,7 @@ class DatasetError(ValueError):
     """A dataset name is unknown or a names/colors file is missing or malformed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq=False: the palette is an array, compare fields yourself
 class DatasetInfo:
     """Metadata of one dataset.
 
@@ -158,7 +159,17 @@ def dataset_info(
     if (names_path is None) != (colors_path is None):
         raise DatasetError(f"dataset {name!r}: give both names_path and colors_path, or neither")
     if names_path is None:
-        names_path, colors_path = packaged_names_path(name), packaged_colors_path(name)
+        return _packaged_info(_check_packaged(name))
+    return _read_info(name, names_path, colors_path)
+
+
+@functools.cache
+def _packaged_info(name: str) -> DatasetInfo:
+    # Packaged files never change at run time and the palette is read-only: read each once.
+    return _read_info(name, packaged_names_path(name), packaged_colors_path(name))
+
+
+def _read_info(name: str, names_path: str | Path, colors_path: str | Path) -> DatasetInfo:
     names = read_names(names_path)
     palette = read_colors(colors_path)
     if len(names) != len(palette):
