@@ -1,0 +1,249 @@
+"""`sceneparse pipeline`: retrain, evaluate, gate, export, publish, notify — safe to kill at any step.
+
+Each run lives in `<runs>/<name>/<timestamp>/` (checkpoints, evaluation, a staged export and the
+report). Export writes into a staging repository inside the run, so a failed export or a failed
+gate never touches the real repository; publishing copies the staged version into the real one
+through `ModelRepository.publish_version` (lock + staging directory + atomic rename), so a kill
+at any moment leaves either the old set of versions or the old set plus one complete new version.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retraining.gates import GatePolicy, check_gates
+from retraining.report import write_report
+from retraining.versions import apply_retention
+from serving.repository import (
+    COLORS_FILE,
+    CONFIG_FILE,
+    LABELS_FILE,
+    METADATA_FILE,
+    ModelMetadata,
+    ModelRepository,
+    RepositoryError,
+    atomic_write_text,
+)
+
+STEPS = ("train", "evaluate", "gate", "export", "publish", "notify")
+
+
+class PipelineError(RuntimeError):
+    """A step failed; the message names the step and the cause."""
+
+
+@dataclass
+class PipelineRequest:
+    config: str
+    name: str
+    repository: Path = Path("model_repository")
+    overrides: list[str] = field(default_factory=list)
+    from_deployed: bool = False
+    policy: GatePolicy = field(default_factory=GatePolicy)
+    dry_run: bool = False
+    keep_last: int = 3
+    runs: Path = Path("runs/pipeline")
+    gateway_urls: list[str] = field(default_factory=list)
+    admin_key: str | None = None
+    triton_url: str | None = None
+    triton_protocol: str = "http"
+    cpu_processes: int = 1
+    formats: tuple[str, ...] = ("onnx",)
+    max_batch_size: int = 4
+
+
+@dataclass
+class PipelineOutcome:
+    outcome: str  # "published", "gate-failed", "dry-run", "failed"
+    run_dir: Path
+    report: dict[str, Any]
+    published_version: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return {"published": 0, "dry-run": 0, "gate-failed": 3}.get(self.outcome, 1)
+
+
+class _Run:
+    """Bookkeeping of one run: the state file (what step is running) and step timings."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = run_dir
+        self.steps: list[dict[str, Any]] = []
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    def start(self, step: str) -> float:
+        atomic_write_text(self.dir / "state.json", json.dumps({"step": step, "pid": os.getpid(), "time": time.time()}) + "\n")
+        print(f"[pipeline] {step} ...", flush=True)
+        return time.perf_counter()
+
+    def done(self, step: str, started: float, status: str = "ok") -> None:
+        self.steps.append({"step": step, "seconds": time.perf_counter() - started, "status": status})
+
+
+def _deployed(repo: ModelRepository, name: str) -> ModelMetadata | None:
+    try:
+        return repo.read_metadata(name) if repo.list_versions(name) else None
+    except RepositoryError:
+        raise
+    except FileNotFoundError:
+        return None
+
+
+def _training_config(request: PipelineRequest, run: _Run, deployed: ModelMetadata | None):
+    from training.config import find_config, load_config
+
+    overrides = list(request.overrides) + ["save_path", str(run.dir / "train")]
+    if request.from_deployed:
+        if deployed is None:
+            raise PipelineError(f"--from-deployed: model {request.name!r} has no deployed version to fine-tune from")
+        source = Path(deployed.checkpoint_path)
+        if not deployed.checkpoint_path or not source.is_file():
+            raise PipelineError(
+                f"--from-deployed: the checkpoint behind {request.name} v{deployed.version} "
+                f"({deployed.checkpoint_path or 'not recorded'}) is not on this machine")
+        from export.exporter import file_sha256
+
+        if deployed.checkpoint_sha256 and file_sha256(source) != deployed.checkpoint_sha256:
+            raise PipelineError(f"--from-deployed: {source} changed since v{deployed.version} was exported (sha256 differs)")
+        overrides += ["weight", str(source)]
+    return load_config(find_config(request.config), overrides)
+
+
+def _evaluation_config(cfg, checkpoint: Path, run: _Run):
+    """The training config turned into an evaluation of the val list with the standard protocol."""
+    return cfg.merged({"test_list": cfg.val_list, "split": "val", "model_path": str(checkpoint),
+                       "save_folder": str(run.dir / "eval"), "has_prediction": False,
+                       "index_start": 0, "index_step": 0})
+
+
+def _publish_staged(repo: ModelRepository, staged_dir: Path, name: str) -> int:
+    """Copy a staged version (files + metadata) into the real repository as its next version."""
+    staged_model = staged_dir.parent
+    staged_meta = json.loads((staged_dir / METADATA_FILE).read_text())
+
+    def populate(staging: Path) -> ModelMetadata:
+        for item in staged_dir.iterdir():
+            if item.name != METADATA_FILE and item.is_file():
+                shutil.copyfile(item, staging / item.name)
+        return ModelMetadata.from_dict(staged_meta, source=str(staged_dir / METADATA_FILE))
+
+    model_files = {}
+    for file_name in (CONFIG_FILE, LABELS_FILE, COLORS_FILE):
+        if (staged_model / file_name).is_file():
+            text = (staged_model / file_name).read_text()
+            if file_name == CONFIG_FILE:  # the staged config names the model by its staged name
+                text = text.replace(f'name: "{staged_model.name}"', f'name: "{name}"', 1)
+            model_files[file_name] = text
+    version, _ = repo.publish_version(name, populate, model_files=model_files)
+    return version
+
+
+def _notify(request: PipelineRequest) -> list[str]:
+    from retraining.notify import load_on_triton, reload_gateway
+
+    problems = []
+    # Triton first: a gateway on the Triton backend must find the new version loaded.
+    if request.triton_url:
+        try:
+            load_on_triton(request.triton_url, request.name, request.triton_protocol)
+        except Exception as exc:  # reported below: the version is published either way
+            problems.append(f"Triton {request.triton_url}: {exc}")
+    for url in request.gateway_urls:
+        try:
+            reload_gateway(url, request.admin_key)
+        except RuntimeError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
+    """Run every step; returns the outcome (the report is written in every case)."""
+    repo = ModelRepository(request.repository)
+    repo.check_root(create=True)
+    repo.model_dir(request.name)  # validates the name before any work
+    run = _Run(Path(request.runs) / request.name / time.strftime("%Y%m%d-%H%M%S"))
+    report: dict[str, Any] = {"name": request.name, "config": str(request.config), "outcome": "failed",
+                              "repository": str(repo.root), "dry_run": request.dry_run,
+                              "policy": vars(request.policy), "steps": run.steps}
+    deployed = _deployed(repo, request.name)
+    report["deployed_version"] = deployed.version if deployed else None
+    report["deployed_metrics"] = deployed.metrics if deployed else None
+    class_names: list[str] = deployed.classes if deployed else []
+    outcome = PipelineOutcome("failed", run.dir, report)
+    step = "train"
+    try:
+        started = run.start("train")
+        cfg = _training_config(request, run, deployed)
+        from training.train import run_training
+
+        trained = run_training(cfg, cpu_processes=request.cpu_processes)
+        checkpoint = Path(trained["checkpoint"])
+        report["checkpoint"] = str(checkpoint)
+        run.done("train", started)
+
+        step = "evaluate"
+        started = run.start("evaluate")
+        from training.datasets import dataset_info_for_config
+        from training.evaluate import evaluate_dataset
+
+        candidate = evaluate_dataset(_evaluation_config(cfg, checkpoint, run), progress=True)
+        class_names = list(dataset_info_for_config(cfg).classes)
+        report["candidate_metrics"] = {k: candidate[k] for k in ("mIoU", "mAcc", "aAcc", "per_class") if k in candidate}
+        run.done("evaluate", started)
+
+        step = "gate"
+        started = run.start("gate")
+        gates = check_gates(report["candidate_metrics"], deployed.metrics if deployed else None,
+                            request.policy, class_names)
+        report["gates"] = gates.to_dict()
+        run.done("gate", started, "pass" if gates.passed else "FAIL")
+        if not gates.passed:
+            outcome.outcome = report["outcome"] = "gate-failed"
+            return outcome
+
+        step = "export"
+        started = run.start("export")
+        from export.exporter import export_checkpoint
+
+        staged = export_checkpoint(cfg, checkpoint, run.dir / "staged_repository", name=request.name,
+                                   formats=request.formats, max_batch_size=request.max_batch_size,
+                                   num_versions=request.keep_last, metrics=report["candidate_metrics"])
+        report["parity"] = staged.parity
+        run.done("export", started)
+        if request.dry_run:
+            outcome.outcome = report["outcome"] = "dry-run"
+            return outcome
+
+        step = "publish"
+        started = run.start("publish")
+        version = _publish_staged(repo, staged.path, request.name)
+        if repo.pinned_version(request.name) is not None:
+            repo.set_pinned_version(request.name, None)  # a rollback pin must not hide the new version
+        report["retention_deleted"] = apply_retention(repo, request.name, request.keep_last)
+        outcome.published_version = report["published_version"] = version
+        run.done("publish", started)
+
+        step = "notify"
+        started = run.start("notify")
+        problems = _notify(request)
+        report["notify_problems"] = problems
+        for problem in problems:
+            print(f"[pipeline] warning: published v{version}, but {problem}", flush=True)
+        run.done("notify", started, "ok" if not problems else "warning")
+        outcome.outcome = report["outcome"] = "published"
+        return outcome
+    except Exception as exc:
+        report["error"] = f"{step}: {exc}"
+        run.steps.append({"step": step, "seconds": 0.0, "status": "FAIL"})
+        outcome.outcome = report["outcome"] = "failed"
+        return outcome
+    finally:
+        report["report_files"] = {k: str(v) for k, v in write_report(run.dir, report, class_names).items()}
+        atomic_write_text(run.dir / "state.json", json.dumps({"step": "finished", "outcome": report["outcome"]}) + "\n")
