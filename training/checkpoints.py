@@ -72,6 +72,7 @@ def atomic_save(payload: Mapping[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX + path.name + ".", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as handle:
             torch.save(dict(payload), handle)
             handle.flush()
@@ -88,6 +89,12 @@ def atomic_save(payload: Mapping[str, Any], path: str | Path) -> Path:
         finally:
             os.close(dir_fd)
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temporaries(save_path: str | Path) -> list[Path]:

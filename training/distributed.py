@@ -126,8 +126,10 @@ def init_distributed_mode(
         return DistributedState(device=device)
 
     if use_cuda:
-        # One GPU per process: with torchrun the local rank indexes the listed GPUs.
-        device = torch.device(f"cuda:{gpus[local_rank % len(gpus)]}")
+        # One GPU per process: the local rank indexes the listed GPUs when there are enough of
+        # them, else (torchrun with the default train_gpu [0]) it is the CUDA device index itself.
+        device_index = gpus[local_rank] if local_rank < len(gpus) else local_rank
+        device = torch.device(f"cuda:{device_index}")
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")

@@ -1,0 +1,627 @@
+"""`sceneparse train --config CFG [KEY VALUE ...]`: PSPNet/PSANet training with the original recipe.
+
+Reads top to bottom: `main()` -> `run_training()` (launch: one process, spawned workers or
+torchrun) -> `main_worker()` (model, optimizer, data, resume) -> `train_one_epoch()` and
+`evaluate()` per epoch -> checkpoints. Distributed plumbing lives in `training.distributed`, CPU
+SyncBN in `training.syncbn`, the recipe's optimizer and poly schedule in `training.optim`,
+checkpoint files in `training.checkpoints`.
+
+Launch modes:
+- one process: `train_gpu` lists one GPU, or none is usable (CPU);
+- spawned: `train_gpu` lists several GPUs (one process each, `dist_url` rendezvous, as the
+  original), or `--cpu-processes N` on the CPU (gloo, CPU SyncBN);
+- torchrun: `torchrun --nproc_per_node G [--nnodes ...] -m training.train --config CFG ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+from training import distributed as du
+from training.checkpoints import (
+    CHECKPOINT_FORMAT,
+    atomic_save,
+    capture_rng_state,
+    epoch_checkpoint_path,
+    from_original_layout,
+    load_training_checkpoint,
+    prune_epoch_checkpoints,
+    remove_stale_temporaries,
+    restore_rng_state,
+    to_original_layout,
+)
+from training.optim import build_optimizer, poly_learning_rate, set_learning_rate
+from training.syncbn import convert_sync_batchnorm, freeze_batchnorm, set_frozen_bn_eval
+
+__all__ = ["TrainingError", "evaluate", "main", "main_worker", "run_training", "train_one_epoch"]
+
+CURVES_FILE = "training_curves.png"
+LAST_CHECKPOINT = "last.pth"
+FINAL_CHECKPOINT = "final.pth"
+
+
+class TrainingError(RuntimeError):
+    """A problem with the run itself (bad option combination, diverging loss, empty loader)."""
+
+
+def _note(message: str) -> None:
+    if du.is_main_process():
+        print(f"note: {message}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# One epoch of training and one pass of validation
+# --------------------------------------------------------------------------------------------
+
+
+def labels_for_logits(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Subsample labels (N, H, W) to the logits' (h, w) with corner-aligned nearest neighbour.
+
+    With H = 8k+1 and h = (H-1)/8*zoom+1 this picks every (8/zoom)-th row and column, the pixels
+    the logits are aligned to; labels are never interpolated.
+    """
+    height, width = target.shape[-2:]
+    if (height, width) == tuple(size):
+        return target
+    rows = torch.linspace(0, height - 1, size[0], device=target.device).round().long()
+    cols = torch.linspace(0, width - 1, size[1], device=target.device).round().long()
+    return target.index_select(-2, rows).index_select(-1, cols)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    epoch: int,
+    cfg: Any,
+    *,
+    device: torch.device,
+    max_iter: int,
+    scaler: torch.amp.GradScaler,
+    autocast_dtype: torch.dtype | None,
+    channels_last: bool,
+    writer: Any = None,
+) -> dict[str, float]:
+    """Train for one epoch with the poly schedule set before every step.
+
+    Args:
+        model: the (possibly DDP-wrapped) model; in train mode it returns (main_logits, aux_logits).
+        loader: batches of (images float32 (N, 3, H, W) normalised, labels int64 (N, H, W)).
+        epoch: 0-based epoch; iteration numbers continue as epoch * len(loader) + i.
+        max_iter: epochs * len(loader), the end of the poly schedule.
+    Returns:
+        {"loss", "main_loss", "aux_loss"}: sample-weighted means over this epoch and all
+        processes, and "lr": the backbone rate of the epoch's last step.
+    """
+    model.train()
+    if cfg.frozen_bn:
+        set_frozen_bn_eval(model)
+    sums = torch.zeros(3, dtype=torch.float64)  # main, aux, total, each x samples
+    samples = 0
+    lr = float(optimizer.param_groups[0]["lr"])
+    progress = tqdm(
+        loader,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        disable=not du.is_main_process(),
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    for i, (images, target) in enumerate(progress):
+        iteration = epoch * len(loader) + i
+        lr = poly_learning_rate(cfg.base_lr, iteration, max_iter, cfg.power)
+        set_learning_rate(optimizer, lr)
+        images = images.to(device, non_blocking=True)
+        target = target.to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+
+        autocast = (
+            torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        )
+        with autocast:
+            output = model(images)
+            main_logits, aux_logits = output if isinstance(output, tuple) else (output, None)
+            target = labels_for_logits(target, main_logits.shape[-2:])
+            main_loss = criterion(main_logits.float(), target)
+            aux_loss = criterion(aux_logits.float(), target) if aux_logits is not None else main_loss.new_zeros(())
+            loss = main_loss + cfg.aux_weight * aux_loss
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, iteration {i + 1}: lower base_lr?")
+
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+        n = images.size(0)
+        values = torch.stack([main_loss.detach(), aux_loss.detach(), loss.detach()]).double().cpu()
+        sums += values * n
+        samples += n
+        progress.set_postfix(loss=f"{values[2]:.4f}", aux=f"{values[1]:.4f}", lr=f"{lr:.2e}", refresh=False)
+        if writer is not None and (iteration + 1) % max(1, cfg.print_freq) == 0:
+            writer.add_scalar("train/loss", float(values[2]), iteration + 1)
+            writer.add_scalar("train/main_loss", float(values[0]), iteration + 1)
+            writer.add_scalar("train/aux_loss", float(values[1]), iteration + 1)
+            writer.add_scalar("train/lr", lr, iteration + 1)
+    progress.close()
+    means = du.reduce_mean((sums / max(samples, 1)).float(), samples)
+    return {"main_loss": float(means[0]), "aux_loss": float(means[1]), "loss": float(means[2]), "lr": lr}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, loader: DataLoader, num_classes: int, ignore_label: int, device: torch.device
+) -> dict[str, float]:
+    """Whole-crop validation: argmax of the logits resized to the label, areas summed over processes.
+
+    Args:
+        model: the bare model (not DDP-wrapped, so uneven shards cannot stall a collective).
+        loader: this process's shard of (images (N, 3, H, W), labels int64 (N, H, W)).
+    Returns:
+        {"mIoU", "mAcc", "aAcc"} in [0, 1] over the whole validation set (absent classes excluded).
+    """
+    from training.metrics import intersection_and_union_torch, summarize
+
+    was_training = model.training
+    model.eval()
+    areas = torch.zeros(3, num_classes, dtype=torch.int64, device=device)
+    for images, target in tqdm(loader, desc="validate", disable=not du.is_main_process(), file=sys.stderr):
+        images, target = images.to(device), target.to(device)
+        logits = model(images)
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=True)
+        pred = logits.argmax(1)
+        areas += torch.stack(intersection_and_union_torch(pred, target, num_classes, ignore_label))
+    du.all_reduce_sum(areas)
+    model.train(was_training)
+    summary = summarize(*areas.cpu().numpy())
+    return {"mIoU": summary["mIoU"], "mAcc": summary["mAcc"], "aAcc": summary["aAcc"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up pieces used by main_worker
+# --------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int | None, rank: int) -> None:
+    """Seed Python, numpy and torch (seed + rank) and ask for deterministic kernels; None does nothing."""
+    if seed is None:
+        return
+    random.seed(seed + rank)
+    np.random.seed(seed + rank)  # noqa: NPY002 - the transforms draw from the global generators
+    torch.manual_seed(seed + rank)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _config_dict(cfg: Any) -> dict[str, Any]:
+    """The config as a plain dict of plain values (for checkpoints and weights_only loading)."""
+    if hasattr(cfg, "to_dict"):
+        raw = cfg.to_dict()
+    else:
+        raw = dict(cfg)
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return str(value)
+
+    return {str(k): plain(v) for k, v in raw.items()}
+
+
+def check_config(cfg: Any) -> None:
+    """Reject option combinations the loop cannot run, naming the key (ValueError)."""
+    for key in ("train_list", "data_root", "save_path"):
+        if not cfg[key]:
+            raise ValueError(f"config key {key} must be set for training")
+    for key in ("train_h", "train_w"):
+        if (cfg[key] - 1) % 8 != 0:
+            raise ValueError(f"config key {key}={cfg[key]} must be 8k+1 (e.g. {(cfg[key] - 1) // 8 * 8 + 1})")
+    if cfg.epochs <= 0 or cfg.batch_size <= 0 or cfg.base_lr <= 0:
+        raise ValueError("config keys epochs, batch_size and base_lr must be positive")
+    if cfg.evaluate and not cfg.val_list:
+        raise ValueError("config key evaluate is True but val_list is not set")
+    if cfg.save_freq <= 0:
+        raise ValueError(f"config key save_freq must be positive, got {cfg.save_freq}")
+
+
+def _build_model(cfg: Any) -> nn.Module:
+    from training.models import build_model
+
+    model = build_model(cfg, aux=True)
+    if cfg.label_scale == 8:
+        # 1/8 label guidance (the original FAQ's faster option): keep the logits at stride 8 while
+        # training, and subsample the labels to them; the saved config keeps its zoom_factor.
+        model.zoom_factor = 1
+    if cfg.weight:
+        from training.models import load_checkpoint
+
+        load_checkpoint(model, cfg.weight)
+        _note(f"initialised weights from {cfg.weight}")
+    return model
+
+
+def _data_loaders(cfg: Any, state: du.DistributedState, sampler_seed: int) -> tuple[DataLoader, DataLoader | None]:
+    from training.data.dataset import SegmentationDataset
+    from training.data.transforms import train_transform, val_transform
+
+    label_mapping = _label_mapping(cfg)
+    train_data = SegmentationDataset(
+        "train", cfg.data_root, cfg.train_list, train_transform(cfg), label_mapping, cfg.ignore_label
+    )
+    per_process = cfg.batch_size // state.world_size
+    if per_process < 1:
+        raise ValueError(f"config key batch_size={cfg.batch_size} is smaller than the {state.world_size} processes")
+    workers = cfg.workers // state.local_world_size
+    sampler = DistributedSampler(
+        train_data, num_replicas=state.world_size, rank=state.rank, shuffle=True, seed=sampler_seed
+    )
+    train_loader = DataLoader(
+        train_data,
+        batch_size=per_process,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=state.device.type == "cuda",
+        drop_last=True,
+    )
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"{cfg.train_list}: {len(train_data)} training samples give no full batch of {per_process} per process"
+        )
+    val_loader = None
+    if cfg.evaluate:
+        val_data = SegmentationDataset(
+            "val", cfg.data_root, cfg.val_list, val_transform(cfg), label_mapping, cfg.ignore_label
+        )
+        # A strided shard without padding: every image is scored exactly once over all processes.
+        shard = Subset(val_data, range(state.rank, len(val_data), state.world_size))
+        val_batch = max(1, cfg.batch_size_val // state.world_size)
+        val_loader = DataLoader(shard, batch_size=val_batch, shuffle=False, num_workers=workers)
+    return train_loader, val_loader
+
+
+# Packaged datasets whose label files hold ids other than the train ids (see training.datasets).
+MAPPED_DATASETS = ("ade20k", "cityscapes", "camvid")
+
+
+def _label_mapping(cfg: Any):
+    """The dataset's label-id -> train-id mapping (e.g. ADE20K's 0 -> 255, k -> k-1), or None."""
+    if cfg.get("dataset") not in MAPPED_DATASETS:
+        return None
+    from training.datasets import map_labels
+
+    return functools.partial(map_labels, dataset=cfg.dataset)
+
+
+def _autocast_dtype(cfg: Any, device: torch.device) -> torch.dtype | None:
+    if not cfg.amp:
+        return None
+    if device.type != "cuda":
+        _note(f"amp={cfg.amp} only applies on CUDA; training in float32 on the CPU")
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+
+
+def _open_writer(save_path: Path):
+    """A TensorBoard SummaryWriter in save_path on the main process (None elsewhere or if unavailable)."""
+    if not du.is_main_process():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is in the train extra, but training works without it
+        _note("tensorboard is not installed: no event files")
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SummaryWriter(log_dir=str(save_path))
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Make `target` hold the same bytes as `source`, atomically (hard link, else a copy)."""
+    tmp = target.with_name(f".tmp-{target.name}.{os.getpid()}")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(source, tmp)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _save_checkpoints(
+    save_path: Path, payload: dict[str, Any], epoch: int, cfg: Any, final: bool
+) -> Path:
+    """Write last.pth (every epoch), train_epoch_N.pth (every save_freq) and final.pth (at the end)."""
+    last = atomic_save(payload, save_path / LAST_CHECKPOINT)
+    if epoch % cfg.save_freq == 0 or final:
+        _link_or_copy(last, epoch_checkpoint_path(save_path, epoch))
+        prune_epoch_checkpoints(save_path, cfg.keep_last)
+    if final:
+        _link_or_copy(last, save_path / FINAL_CHECKPOINT)
+    return last
+
+
+def _write_curves(history: list[dict[str, Any]], save_path: Path) -> None:
+    from training.curves import plot_training_curves
+
+    try:
+        plot_training_curves(history, save_path / CURVES_FILE)
+    except Exception as exc:  # a plotting problem must never cost a training run
+        _note(f"could not write the training-curve PNG ({exc.__class__.__name__}: {exc})")
+
+
+# --------------------------------------------------------------------------------------------
+# The worker: everything one process does
+# --------------------------------------------------------------------------------------------
+
+
+def main_worker(index: int | None, cfg: Any, nprocs: int = 1) -> dict[str, Any]:
+    """Train in this process (index: spawned worker number, None when not spawned).
+
+    Returns:
+        {"history": per-epoch dicts, "checkpoint": path of final.pth, "metrics": last epoch's dict}
+        (meaningful on the main process).
+    """
+    gpus = list(cfg.train_gpu or []) if torch.cuda.is_available() else []
+    state = du.init_distributed_mode(
+        gpus,
+        dist_url=cfg.dist_url,
+        dist_backend=cfg.dist_backend,
+        spawn_rank=index,
+        spawn_world_size=nprocs if index is not None else None,
+    )
+    try:
+        return _train(cfg, state)
+    finally:
+        du.cleanup()
+
+
+def _train(cfg: Any, state: du.DistributedState) -> dict[str, Any]:
+    device = state.device
+    seed_everything(cfg.manual_seed, state.rank)
+    save_path = Path(cfg.save_path)
+    if state.is_main:
+        save_path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(save_path)
+
+    # The model: built, optionally initialised from `weight`, BN converted, then wrapped in DDP.
+    model = _build_model(cfg)
+    if cfg.frozen_bn:
+        freeze_batchnorm(model)
+    elif cfg.sync_bn and state.distributed:
+        model = convert_sync_batchnorm(model, device)
+    model.to(device)
+    channels_last = bool(cfg.channels_last) and device.type == "cuda"
+    if cfg.channels_last and not channels_last:
+        _note("channels_last only applies on CUDA; ignored on the CPU")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    model_without_ddp = model
+    optimizer = build_optimizer(model_without_ddp, cfg.base_lr, cfg.momentum, cfg.weight_decay)
+    autocast_dtype = _autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    if state.distributed:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    criterion = nn.CrossEntropyLoss(ignore_index=cfg.ignore_label)
+
+    # Resume: weights, optimizer, epoch/iteration, history and RNG streams.
+    start_epoch, history, checkpoint = int(cfg.start_epoch or 0), [], None
+    sampler_seed = cfg.manual_seed if cfg.manual_seed is not None else du.all_gather_objects(random.randrange(2**31))[0]
+    if cfg.resume:
+        checkpoint = load_training_checkpoint(cfg.resume)
+        model_without_ddp.load_state_dict(from_original_layout(checkpoint["state_dict"]))
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        if checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
+        start_epoch = int(checkpoint["epoch"])
+        history = list(checkpoint.get("history") or [])
+        sampler_seed = int(checkpoint.get("sampler_seed", sampler_seed))
+        _note(f"resuming from {cfg.resume} after epoch {start_epoch} (iteration {checkpoint.get('iteration')})")
+
+    train_loader, val_loader = _data_loaders(cfg, state, sampler_seed)
+    iters_per_epoch = len(train_loader)
+    max_iter = cfg.epochs * iters_per_epoch
+    if checkpoint is not None:
+        if checkpoint.get("iteration") not in (None, start_epoch * iters_per_epoch):
+            _note(
+                f"checkpoint iteration {checkpoint['iteration']} != {start_epoch} epochs x {iters_per_epoch}: "
+                "batch size or process count changed; the poly schedule follows the new epoch length"
+            )
+        rng = checkpoint.get("rng") or []
+        if len(rng) == state.world_size:
+            restore_rng_state(rng[state.rank])
+        elif rng:
+            _note(f"checkpoint has RNG states of {len(rng)} processes, this run has {state.world_size}: reseeding")
+    if start_epoch >= cfg.epochs:
+        _note(f"start epoch {start_epoch} >= epochs {cfg.epochs}: nothing to train")
+    if start_epoch < cfg.epochs:  # the rate of the next step, so a resumed optimizer is in place
+        set_learning_rate(optimizer, poly_learning_rate(cfg.base_lr, start_epoch * iters_per_epoch, max_iter, cfg.power))
+
+    writer = _open_writer(save_path)
+    config_dict = _config_dict(cfg)
+    metrics: dict[str, Any] = history[-1] if history else {}
+    last_path = save_path / LAST_CHECKPOINT
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        train_loader.sampler.set_epoch(epoch)
+        epoch_start = time.perf_counter()
+        metrics = train_one_epoch(
+            model,
+            criterion,
+            optimizer,
+            train_loader,
+            epoch,
+            cfg,
+            device=device,
+            max_iter=max_iter,
+            scaler=scaler,
+            autocast_dtype=autocast_dtype,
+            channels_last=channels_last,
+            writer=writer,
+        )
+        metrics["epoch"] = epoch + 1
+        if val_loader is not None:
+            metrics.update(evaluate(model_without_ddp, val_loader, cfg.classes, cfg.ignore_label, device))
+        metrics["seconds"] = time.perf_counter() - epoch_start
+        history.append(metrics)
+        if writer is not None:
+            for key in ("loss", "main_loss", "aux_loss", "lr", "mIoU", "mAcc", "aAcc"):
+                if key in metrics and not math.isnan(metrics[key]):
+                    writer.add_scalar(f"epoch/{key}", metrics[key], epoch + 1)
+            writer.flush()
+        if du.is_main_process():
+            summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("loss", "mIoU", "mAcc", "aAcc") if k in metrics)
+            tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: {summary}", file=sys.stderr)
+
+        rng = du.all_gather_objects(capture_rng_state())  # collective: every process takes part
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch + 1,
+            "iteration": (epoch + 1) * iters_per_epoch,
+            "state_dict": to_original_layout(model_without_ddp.state_dict()),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "config": config_dict,
+            "metrics": dict(metrics),
+            "history": history,
+            "rng": rng,
+            "sampler_seed": int(sampler_seed),
+            "world_size": state.world_size,
+        }
+        final = epoch + 1 == cfg.epochs
+        saved = du.save_on_master(_save_checkpoints, save_path, payload, epoch + 1, cfg, final)
+        if saved is not None:
+            last_path = saved
+            _write_curves(history, save_path)
+        du.barrier()  # nobody races ahead into the next epoch's collectives while rank 0 writes
+
+    if writer is not None:
+        writer.close()
+    if du.is_main_process() and history:
+        tqdm.write(
+            f"trained {cfg.epochs - start_epoch} epochs in {time.perf_counter() - started:.1f} s; "
+            f"checkpoints in {save_path}",
+            file=sys.stderr,
+        )
+    final_path = save_path / FINAL_CHECKPOINT
+    return {"history": history, "metrics": metrics, "checkpoint": str(final_path if final_path.exists() else last_path)}
+
+
+# --------------------------------------------------------------------------------------------
+# Launching and the command line
+# --------------------------------------------------------------------------------------------
+
+
+def _spawned_worker(index: int, config_values: dict[str, Any], nprocs: int, results_path: str) -> None:
+    from training.config import config_from_mapping
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // nprocs))
+    result = main_worker(index, config_from_mapping(config_values), nprocs)
+    if index == 0:
+        torch.save(result, results_path)
+
+
+def run_training(cfg: Any, cpu_processes: int = 1) -> dict[str, Any]:
+    """Train from a loaded config in this process, in spawned workers, or as one torchrun worker.
+
+    Args:
+        cfg: a `training.config.Config` (validated with `check_config`).
+        cpu_processes: on the CPU, how many gloo processes to spawn (1: train in this process).
+    Returns:
+        The main process's `main_worker` result: {"history", "metrics", "checkpoint"}.
+    """
+    check_config(cfg)
+    gpus = list(cfg.train_gpu or [])
+    if gpus and not torch.cuda.is_available():
+        print(f"note: train_gpu {gpus} but CUDA is not available: training on the CPU", file=sys.stderr)
+        gpus = []
+    if du.launched_by_torchrun():
+        return main_worker(None, cfg)
+    nprocs = len(gpus) if gpus and cfg.multiprocessing_distributed else (1 if gpus else cpu_processes)
+    if nprocs <= 1:
+        return main_worker(None, cfg)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="sceneparse-train-") as tmp:
+        results_path = os.path.join(tmp, "result.pt")
+        # The config travels as a plain dict: workers rebuild (and re-validate) their Config.
+        du.spawn_workers(_spawned_worker, nprocs, (cfg.to_dict(), nprocs, results_path))
+        return torch.load(results_path, weights_only=True)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sceneparse train",
+        description="Train PSPNet/PSANet from a YAML config (original format); KEY VALUE pairs override it.",
+    )
+    parser.add_argument("--config", required=True, help="YAML config, e.g. training/config/ade20k/ade20k_pspnet50.yaml")
+    parser.add_argument(
+        "--cpu-processes",
+        type=int,
+        default=1,
+        help="on the CPU, spawn this many gloo processes (DDP + CPU SyncBN); GPUs come from train_gpu",
+    )
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides: KEY VALUE ... (e.g. base_lr 0.005)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry: returns 0 on success, 1 when training fails, 2 for a bad config."""
+    args = parse_args(argv)
+    try:
+        from training.config import load_config
+
+        cfg = load_config(args.config, list(args.opts or []))
+        check_config(cfg)
+    except (ValueError, KeyError, OSError) as exc:
+        print(f"sceneparse train: {exc}", file=sys.stderr)
+        return 2
+    if args.cpu_processes < 1:
+        print("sceneparse train: --cpu-processes must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        run_training(cfg, cpu_processes=args.cpu_processes)
+    except KeyboardInterrupt:
+        print("sceneparse train: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("SCENEPARSE_DEBUG"):
+            raise
+        # Spawned workers report their traceback as text; its last line is the error itself.
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else exc.__class__.__name__
+        print(f"sceneparse train: {message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # torchrun ... -m training.train --config CFG
+    sys.exit(main())
