@@ -172,7 +172,13 @@ def _load_model(config, checkpoint: Path) -> tuple[torch.nn.Module, dict[str, An
     try:
         loaded = load_checkpoint(model, checkpoint)
     except CheckpointError as exc:
-        raise ExportError(f"checkpoint {exc}") from None
+        # One line: the CLI prints it as is. Every key at fault is still named (up to a limit).
+        problems = list(getattr(exc, "problems", []))
+        summary = str(exc).splitlines()[0]
+        if problems:
+            shown = "; ".join(problems[:12]) + (f"; ... and {len(problems) - 12} more" if len(problems) > 12 else "")
+            summary = f"{summary}: {shown}"
+        raise ExportError(f"checkpoint {summary}") from None
     return model.eval(), dict(getattr(loaded, "meta", None) or {})
 
 

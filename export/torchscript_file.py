@@ -20,7 +20,8 @@ def write_torchscript(module: torch.nn.Module, example: torch.Tensor, path: Path
         warnings.simplefilter("ignore")  # TracerWarnings from the size checks
         traced = torch.jit.trace(module, (example,), check_trace=False)
         frozen = torch.jit.freeze(traced.eval())
-    torch.jit.save(frozen, str(path))
+        # torch.jit.save/load warn that TorchScript is deprecated; Triton's libtorch backend still needs it.
+        torch.jit.save(frozen, str(path))
     nodes = list(frozen.graph.nodes())
     return {
         "nodes": len(nodes),
@@ -32,7 +33,9 @@ class TorchScriptRunner:
     """A saved TorchScript file as a callable: (N, 3, H, W) array -> logits array."""
 
     def __init__(self, path: Path):
-        self.module = torch.jit.load(str(path), map_location="cpu").eval()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():

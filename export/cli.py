@@ -1,0 +1,130 @@
+"""`sceneparse export`: a thin command line over export.export_checkpoint and the manifest runner.
+
+    sceneparse export --config CFG --checkpoint CKPT [--name NAME] [--format onnx,torchscript]
+                      [--repository model_repository] [--version N|auto] [--fp16]
+                      [--max-batch-size 8] [--opset 17] [--logits crop|feature] [--no-simplify]
+    sceneparse export --manifest exports.yaml [--repository DIR]
+
+Exit status: 0 published, 1 the export (or any manifest entry) failed, 2 bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from export.errors import ExportError
+
+DEFAULT_REPOSITORY = "model_repository"
+
+
+def _formats(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sceneparse export",
+        description="Export a checkpoint to ONNX/TorchScript, verify it against PyTorch and publish it "
+        "as a new version in a Triton model repository.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="model config (YAML, original format)")
+    source.add_argument("--manifest", help="YAML list of exports to run in one go (see docs/export.md)")
+    parser.add_argument("--checkpoint", help="weights: original release, plain state dict or sceneparse checkpoint")
+    parser.add_argument("--name", help="model name in the repository (default <dataset>_<arch><layers>)")
+    parser.add_argument("--format", default="onnx", type=_formats,
+                        help="comma-separated: onnx, torchscript; the first sets config.pbtxt's platform (default onnx)")
+    parser.add_argument("--repository", default=None, help=f"model repository root (default {DEFAULT_REPOSITORY})")
+    parser.add_argument("--version", default="auto", help="version number, or auto for the next free one (default)")
+    parser.add_argument("--fp16", action="store_true", help="export in half precision")
+    parser.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size, largest verified batch")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    parser.add_argument("--logits", choices=("crop", "feature"), default=None,
+                        help="logits zoomed to the crop in the graph (crop, default) or at stride 8 (feature)")
+    parser.add_argument("--no-simplify", dest="simplify", action="store_false", help="do not try onnxslim")
+    parser.add_argument("--num-versions", type=int, default=2, help="Triton version_policy latest num_versions")
+    parser.add_argument("--instance-kind", choices=("KIND_AUTO", "KIND_GPU", "KIND_CPU"), default="KIND_AUTO",
+                        help="Triton instance_group kind (default KIND_AUTO: GPU if present)")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for export and verification")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _export_one(args) -> int:
+    from tqdm import tqdm
+
+    from export.exporter import DEFAULT_LOGITS, export_checkpoint
+
+    stages = ["load", *(f"export {f}" for f in args.format), "verify"]
+    stages += ["onnxslim"] if "onnx" in args.format and args.simplify else []
+    stages += ["publish"]
+    bar = tqdm(total=len(stages), desc="export", unit="stage", disable=args.quiet, dynamic_ncols=True)
+
+    started = []
+
+    def progress(stage: str) -> None:
+        if started:
+            bar.update(1)  # the previous stage is done
+        started.append(stage)
+        bar.set_description(stage)
+
+    try:
+        result = export_checkpoint(
+            args.config, args.checkpoint, args.repository or DEFAULT_REPOSITORY, name=args.name, formats=args.format,
+            version=args.version, fp16=args.fp16, max_batch_size=args.max_batch_size, opset=args.opset,
+            logits=args.logits or DEFAULT_LOGITS, simplify=args.simplify, num_versions=args.num_versions,
+            instance_kind=args.instance_kind, progress=progress,
+        )
+        bar.update(bar.total - bar.n)
+    finally:
+        bar.close()
+    worst = result.parity["worst"]
+    slim = result.parity.get("onnxslim")
+    print(f"published {result.name} version {result.version}: {result.path}")
+    print(f"  files: {', '.join(result.files.values())}; platform {result.metadata.platform}; "
+          f"precision {result.metadata.precision}; output {result.metadata.output_hw or 'crop size'}")
+    print(f"  parity ({result.parity['precision']}): max |delta logits| {worst['max_abs_delta']:.2e}, "
+          f"argmax agreement {100 * worst['argmax_agreement']:.3f}%")
+    if slim:
+        print(f"  onnxslim: {'kept' if slim.get('kept') else 'not kept'} ({slim.get('reason', '')})")
+    return 0
+
+
+def _export_manifest(args) -> int:
+    from pathlib import Path
+
+    from export.manifest import load_manifest, run_manifest, summary_table
+
+    manifest = load_manifest(args.manifest)
+    outcomes = run_manifest(manifest, Path(args.repository) if args.repository else None, progress=not args.quiet)
+    print(summary_table(outcomes))
+    return 0 if all(o.ok for o in outcomes) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.config and not args.checkpoint:
+        parser.error("--checkpoint is required with --config")
+    if args.manifest and args.checkpoint:
+        parser.error("--checkpoint goes with --config; a manifest names its own checkpoints")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    try:
+        return _export_manifest(args) if args.manifest else _export_one(args)
+    except ExportError as exc:
+        print(f"sceneparse export: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sceneparse export: interrupted; nothing was published", file=sys.stderr)
+        return 130
+    except Exception as exc:  # never a traceback: one line naming the failure
+        print(f"sceneparse export: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
