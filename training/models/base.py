@@ -45,7 +45,9 @@ def check_input_size(x: torch.Tensor) -> tuple[int, int]:
     when every side is a multiple of 8 plus one (465, 473, 713, ...). Raises ValueError naming the size.
     """
     if x.dim() != 4:
-        raise ValueError(f"expected an image batch of shape (N, 3, H, W), got a {x.dim()}-D tensor {tuple(x.shape)}")
+        raise ValueError(
+            f"expected an image batch of shape (N, 3, H, W), got a {x.dim()}-D tensor {tuple(x.shape)}"
+        )
     height, width = int(x.shape[2]), int(x.shape[3])
     for name, side in (("height", height), ("width", width)):
         if (side - 1) % 8 != 0 or side < 9:
@@ -107,7 +109,9 @@ class SegmentationNet(nn.Module):
 
     def _build_heads(self, context_channels: int) -> None:
         self.cls = classifier_head(context_channels, 512, self.classes, self.dropout)
-        self.aux = classifier_head(self.layer3_channels, 256, self.classes, self.dropout) if self._with_aux else None
+        self.aux = (
+            classifier_head(self.layer3_channels, 256, self.classes, self.dropout) if self._with_aux else None
+        )
 
     @property
     def has_aux(self) -> bool:

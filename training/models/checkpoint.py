@@ -22,12 +22,25 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["CheckpointError", "LoadedCheckpoint", "load_backbone_weights", "load_checkpoint", "read_state_dict"]
+__all__ = [
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "load_backbone_weights",
+    "load_checkpoint",
+    "read_state_dict",
+]
 
 _PREFIX = "module."
 _BACKBONE_STAGES = ("layer0.", "layer1.", "layer2.", "layer3.", "layer4.")
 # ImageNet deep-stem file key -> position in our layer0 Sequential
-_DEEP_STEM_KEYS = {"conv1": "layer0.0", "bn1": "layer0.1", "conv2": "layer0.3", "bn2": "layer0.4", "conv3": "layer0.6", "bn3": "layer0.7"}
+_DEEP_STEM_KEYS = {
+    "conv1": "layer0.0",
+    "bn1": "layer0.1",
+    "conv2": "layer0.3",
+    "bn2": "layer0.4",
+    "conv3": "layer0.6",
+    "bn3": "layer0.7",
+}
 _TORCHVISION_STEM_KEYS = {"conv1": "layer0.0", "bn1": "layer0.1"}
 
 
@@ -100,9 +113,10 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if not state or not_tensors:
         shown = ", ".join(not_tensors[:8]) or "(empty)"
         raise CheckpointError(
-            path, f"no state dict found: expected tensors under 'state_dict' or at top level, found non-tensors {shown}"
+            path,
+            f"no state dict found: expected tensors under 'state_dict' or at top level, found non-tensors {shown}",
         )
-    stripped = {(k[len(_PREFIX):] if k.startswith(_PREFIX) else k): v for k, v in state.items()}
+    stripped = {(k[len(_PREFIX) :] if k.startswith(_PREFIX) else k): v for k, v in state.items()}
     return stripped, meta
 
 
@@ -137,7 +151,9 @@ def _check_and_load(
     return sorted(k for k in expected if k not in state)
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict_aux: bool = False) -> LoadedCheckpoint:
+def load_checkpoint(
+    model: nn.Module, path: str | os.PathLike, *, strict_aux: bool = False
+) -> LoadedCheckpoint:
     """Load a whole-model checkpoint into ``model`` in place.
 
     Args:
@@ -159,8 +175,12 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, strict_aux: bo
     state = {k: v for k, v in state.items() if k not in skipped}
     optional = {k for k in expected if _is_optional_counter(k) or (k.startswith("aux.") and not strict_aux)}
     name = type(model).__name__
-    missing_optional = _check_and_load(model, path, state, expected, optional, f"checkpoint does not fit the {name}")
-    return LoadedCheckpoint(path=path, skipped_keys=skipped, missing_optional_keys=missing_optional, meta=meta)
+    missing_optional = _check_and_load(
+        model, path, state, expected, optional, f"checkpoint does not fit the {name}"
+    )
+    return LoadedCheckpoint(
+        path=path, skipped_keys=skipped, missing_optional_keys=missing_optional, meta=meta
+    )
 
 
 def _stem_format(state: Mapping[str, torch.Tensor]) -> str:
@@ -196,14 +216,18 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> list[str
     model_deep = tuple(model.layer0[0].kernel_size) == (3, 3)
     stem = _stem_format(state)
     if stem == "unknown":
-        raise CheckpointError(path, "does not look like ResNet ImageNet weights (no conv1.weight or layer0.* keys)")
+        raise CheckpointError(
+            path, "does not look like ResNet ImageNet weights (no conv1.weight or layer0.* keys)"
+        )
     if stem == "deep" and not model_deep:
         raise CheckpointError(
-            path, "holds the deep stem (three 3x3 convs), but the model was built with deep_stem=False; set deep_stem: True"
+            path,
+            "holds the deep stem (three 3x3 convs), but the model was built with deep_stem=False; set deep_stem: True",
         )
     if stem == "torchvision" and model_deep:
         raise CheckpointError(
-            path, "holds torchvision's 7x7 stem, but the model was built with deep_stem=True; set deep_stem: False"
+            path,
+            "holds torchvision's 7x7 stem, but the model was built with deep_stem=True; set deep_stem: False",
         )
     if stem == "sceneparse":
         mapped = {k: v for k, v in state.items() if k.startswith(_BACKBONE_STAGES)}
@@ -217,5 +241,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> list[str
             mapped[f"{renames[head]}.{rest}" if head in renames else key] = value
     expected = {k: v for k, v in model.state_dict().items() if k.startswith(_BACKBONE_STAGES)}
     optional = {k for k in expected if _is_optional_counter(k)}
-    _check_and_load(model, path, mapped, expected, optional, f"backbone weights ({stem} format) do not fit the trunk")
+    _check_and_load(
+        model, path, mapped, expected, optional, f"backbone weights ({stem} format) do not fit the trunk"
+    )
     return sorted(mapped)

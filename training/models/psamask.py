@@ -27,7 +27,12 @@ DISTRIBUTE = 1
 
 
 def psa_mask_index(
-    feature_h: int, feature_w: int, mask_h: int, mask_w: int, psa_type: int, device: torch.device | None = None
+    feature_h: int,
+    feature_w: int,
+    mask_h: int,
+    mask_w: int,
+    psa_type: int,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """The gather index of the op: int64 tensor (H*W * H*W,).
 
@@ -72,7 +77,9 @@ def psa_mask(mask: torch.Tensor, psa_type: int, mask_h: int, mask_w: int) -> tor
         raise ValueError(f"psa_mask expects (N, mask_h*mask_w, H, W), got shape {tuple(mask.shape)}")
     n, channels, feature_h, feature_w = mask.shape
     if channels != mask_h * mask_w:
-        raise ValueError(f"psa_mask: {channels} channels do not hold a {mask_h}x{mask_w} window ({mask_h * mask_w})")
+        raise ValueError(
+            f"psa_mask: {channels} channels do not hold a {mask_h}x{mask_w} window ({mask_h * mask_w})"
+        )
     hw = feature_h * feature_w
     index = psa_mask_index(feature_h, feature_w, mask_h, mask_w, psa_type, mask.device)
     flat = mask.reshape(n, channels, hw)

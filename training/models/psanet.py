@@ -104,7 +104,9 @@ class PSA(nn.Module):
         self.mask_h = int(mask_h)
         self.mask_w = int(mask_w)
         self.psa_softmax = bool(psa_softmax)
-        self.normalization_factor = float(mask_h * mask_w if normalization_factor is None else normalization_factor)
+        self.normalization_factor = float(
+            mask_h * mask_w if normalization_factor is None else normalization_factor
+        )
         mask_channels = self.mask_h * self.mask_w
         self.reduce = nn.Sequential(*_conv_bn_relu(in_channels, mid_channels))
         self.attention = _attention_branch(mid_channels, mask_channels)
@@ -225,7 +227,9 @@ class PSANet(SegmentationNet):
         elif not compact:
             for name, size in (("mask_h", mask_h), ("mask_w", mask_w)):
                 if size % 2 != 1 or size < 3:
-                    raise ValueError(f"{name} must be odd and at least 3 (a window centred on each position), got {size}")
+                    raise ValueError(
+                        f"{name} must be odd and at least 3 (a window centred on each position), got {size}"
+                    )
         self.psa_type = psa_type
         self.compact = compact
         self.mask_h, self.mask_w = int(mask_h), int(mask_w)

@@ -91,7 +91,9 @@ class PSPNet(SegmentationNet):
         if not bins or any(b < 1 for b in bins):
             raise ValueError(f"bins must be positive grid sizes, got {list(bins)}")
         if self.trunk_channels % len(bins) != 0:
-            raise ValueError(f"{self.trunk_channels} trunk channels do not divide into {len(bins)} bins {list(bins)}")
+            raise ValueError(
+                f"{self.trunk_channels} trunk channels do not divide into {len(bins)} bins {list(bins)}"
+            )
         self.bins = bins
         self.ppm = PPM(self.trunk_channels, self.trunk_channels // len(bins), bins)
         self._build_heads(2 * self.trunk_channels)

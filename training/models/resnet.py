@@ -34,7 +34,13 @@ __all__ = [
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1, dilation: int = 1) -> nn.Conv2d:
     """3x3 convolution whose padding keeps the size (before striding) at any dilation."""
     return nn.Conv2d(
-        in_channels, out_channels, kernel_size=3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        in_channels,
+        out_channels,
+        kernel_size=3,
+        stride=stride,
+        padding=dilation,
+        dilation=dilation,
+        bias=False,
     )
 
 
@@ -47,7 +53,12 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(
-        self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_channels, planes, stride, dilation)
@@ -70,7 +81,12 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, in_channels: int, planes: int, stride: int = 1, dilation: int = 1, downsample: nn.Module | None = None
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        dilation: int = 1,
+        downsample: nn.Module | None = None,
     ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, kernel_size=1, bias=False)
@@ -152,7 +168,9 @@ class ResNet(nn.Module):
         if depth not in RESNET_DEPTHS:
             raise ValueError(f"unknown ResNet depth {depth}; choose one of {sorted(RESNET_DEPTHS)}")
         if output_stride not in _STAGE_SCHEDULE:
-            raise ValueError(f"unknown output_stride {output_stride}; choose one of {sorted(_STAGE_SCHEDULE)}")
+            raise ValueError(
+                f"unknown output_stride {output_stride}; choose one of {sorted(_STAGE_SCHEDULE)}"
+            )
         block, blocks = RESNET_DEPTHS[depth]
         self.depth = depth
         self.deep_stem = deep_stem
