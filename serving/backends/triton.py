@@ -13,6 +13,7 @@ gateway recovers by itself when Triton is back. Tensors travel as binary data. t
 from __future__ import annotations
 
 import contextlib
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -28,6 +29,8 @@ PROTOCOLS = ("http", "grpc")
 _DATATYPES = {"fp32": ("FP32", np.float32), "fp16": ("FP16", np.float16)}
 
 T = TypeVar("T")
+# Messages of errors Triton itself returns with gRPC status UNAVAILABLE.
+_TRITON_SAYS = re.compile(r"unknown model|not at ready state|is not ready|not found", re.IGNORECASE)
 
 
 class TritonError(RuntimeError):
@@ -83,6 +86,12 @@ class TritonBackend(Backend):
         self.health_timeout_s = float(health_timeout_s)
         self.retries = max(0, int(retries))
         self._clients = _ClientPool(self.address, self.protocol, self.connect_timeout_s)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> TritonBackend:
+        """From the gateway's Settings: resolved_triton_url, triton_protocol, triton_timeout."""
+        url = getattr(settings, "resolved_triton_url", None) or settings.triton_url
+        return cls(url, settings.triton_protocol, timeout_s=settings.triton_timeout)
 
     def __repr__(self) -> str:
         return f"TritonBackend({self.protocol}://{self.address})"
@@ -268,7 +277,7 @@ class _ClientPool:
     def _make(self, timeout_s: float):
         module = _client_module(self.protocol)
         if self.protocol == "grpc":
-            return module.InferenceServerClient(self.address)
+            return module.InferenceServerClient(self.address, channel_args=_grpc_channel_args(module))
         return module.InferenceServerClient(
             self.address, connection_timeout=self.connect_timeout_s, network_timeout=timeout_s
         )
@@ -291,6 +300,24 @@ class _ClientPool:
             clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             _close_quietly(client)
+
+
+def _grpc_channel_args(module) -> list[tuple[str, int]]:
+    """tritonclient's default channel options, plus a fast reconnect after an outage.
+
+    gRPC shares subchannels between channels of a process by default, so a fresh channel would
+    inherit the old one's reconnect back-off (it grows to minutes); a local pool and a 1 s cap
+    on the back-off make a restarted Triton usable within a second.
+    """
+    size = module.MAX_GRPC_MESSAGE_SIZE
+    return [
+        ("grpc.max_send_message_length", size),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 1000),
+    ]
 
 
 def _client_module(protocol: str):
@@ -325,7 +352,8 @@ def _grpc_failure_kind(exc: Exception) -> str | None:
     status = str(exc.status() or "") if hasattr(exc, "status") else ""
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return "timeout"
-    if status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED"):
+    # Triton itself answers UNAVAILABLE for a model it has not loaded: that is not a lost server.
+    if status in ("StatusCode.UNAVAILABLE", "StatusCode.CANCELLED") and not _TRITON_SAYS.search(_message(exc)):
         return "unreachable"
     return None
 

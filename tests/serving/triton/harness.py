@@ -26,6 +26,7 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -161,6 +162,8 @@ class TritonServer:
         self.ort_threads = ort_threads
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.process: subprocess.Popen | None = None
+        # Our own name for the python stubs' shared-memory regions, so that cleanup finds them.
+        self.shm_prefix = f"sceneparse_triton_{os.getpid()}_{uuid.uuid4().hex[:8]}_"
         self._log_handle = None
 
     # --- addresses -------------------------------------------------------------------------
@@ -221,21 +224,27 @@ class TritonServer:
 
     def kill(self) -> None:
         """Crash it: SIGKILL to the whole process group (server and stubs), like an OOM kill."""
-        regions = self._stub_shm_regions()
         self._signal_group(signal.SIGKILL)
-        self._reap(regions)
+        self._reap()
 
     def stop(self, timeout: float = 15.0) -> None:
         """Graceful stop (SIGTERM), then SIGKILL what is left after `timeout` seconds."""
         if self.process is None:
             return
-        regions = self._stub_shm_regions()
         self._signal_group(signal.SIGTERM)
+        self._signal_group(signal.SIGCONT)  # a paused server handles SIGTERM only once resumed
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self._signal_group(signal.SIGKILL)
-        self._reap(regions)
+        self._reap()
+
+    def pause(self) -> None:
+        """SIGSTOP the server: it keeps its ports but answers nothing (a hung server)."""
+        self._signal_group(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal_group(signal.SIGCONT)
 
     def restart(self, timeout: float = 60.0) -> None:
         self.stop()
@@ -271,6 +280,7 @@ class TritonServer:
             "--pinned-memory-pool-byte-size=0",
             "--exit-timeout-secs=5",
             "--disable-auto-complete-config",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
         ]
         if self.control_mode == "explicit":
             command.append("--load-model=*")
@@ -318,28 +328,7 @@ class TritonServer:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, sig)
 
-    def _stub_shm_regions(self) -> list[str]:
-        """Shared-memory regions of this server's python stubs (argv[2] of each stub process).
-
-        A killed server (or one that hits its exit timeout) leaves them in /dev/shm.
-        """
-        if self.process is None or self.process.poll() is not None:
-            return []
-        regions = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                if os.getpgid(int(proc.name)) != self.process.pid:
-                    continue
-                argv = (proc / "cmdline").read_bytes().split(b"\0")
-            except (OSError, ProcessLookupError):
-                continue
-            if len(argv) > 2 and argv[0].endswith(b"triton_python_backend_stub"):
-                regions.append(argv[2].decode())
-        return regions
-
-    def _reap(self, shm_regions: list[str] = ()) -> None:
+    def _reap(self) -> None:
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(10)
@@ -349,10 +338,10 @@ class TritonServer:
             deadline = time.monotonic() + 5
             while _group_alive(self.process.pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-        for region in shm_regions:
-            if region.startswith("triton_python_backend_shm_region"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(Path("/dev/shm") / region)
+        # A killed server (or one past its exit timeout) leaves its stubs' regions in /dev/shm.
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            with contextlib.suppress(FileNotFoundError):
+                region.unlink()
         if self._log_handle is not None:
             self._log_handle.close()
             self._log_handle = None
