@@ -93,7 +93,7 @@ def versions_main(argv: Sequence[str] | None = None) -> int:
 
 
 def rollback_main(argv: Sequence[str] | None = None) -> int:
-    from retraining.pipeline import PipelineRequest, _notify
+    from retraining.pipeline import PipelineRequest, notify_serving
     from retraining.versions import rollback
 
     parser = argparse.ArgumentParser(prog="sceneparse rollback",
@@ -111,7 +111,7 @@ def rollback_main(argv: Sequence[str] | None = None) -> int:
     print(f"{args.name}: now serving version {version} (pinned; the next published version unpins it)")
     request = PipelineRequest(config="", name=args.name, gateway_urls=args.gateway_url, admin_key=args.admin_key,
                               triton_url=args.triton_url, triton_protocol=args.triton_protocol)
-    problems = _notify(request)
+    problems = notify_serving(request)
     for problem in problems:
         print(f"sceneparse rollback: warning: {problem}", file=sys.stderr)
     return 0

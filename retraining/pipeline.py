@@ -145,7 +145,7 @@ def _publish_staged(repo: ModelRepository, staged_dir: Path, name: str) -> int:
     return version
 
 
-def _notify(request: PipelineRequest) -> list[str]:
+def notify_serving(request: PipelineRequest) -> list[str]:
     from retraining.notify import load_on_triton, reload_gateway
 
     problems = []
@@ -232,7 +232,7 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
 
         step = "notify"
         started = run.start("notify")
-        problems = _notify(request)
+        problems = notify_serving(request)
         report["notify_problems"] = problems
         for problem in problems:
             print(f"[pipeline] warning: published v{version}, but {problem}", flush=True)

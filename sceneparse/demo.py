@@ -25,16 +25,25 @@ def build_demo(repository: Path, workdir: Path, name: str = "demo", force: bool 
     if repo.list_models() and not force:
         print(f"model repository {repo.root} already has {', '.join(repo.list_models())}: not building the demo")
         return False
-    from training.config import config_path
+    from training.config import config_path, load_config
 
-    config = str(config_path(DEMO_CONFIG))
     data, run = workdir / "synthetic", workdir / "run"
     print(f"building the demo model in {workdir} (synthetic data, tiny PSPNet, a few minutes on a CPU)")
+    if sceneparse(["make-synthetic", "--out", str(data)]) != 0:
+        raise RuntimeError("demo step failed: make-synthetic")
+    # List files are read relative to the working directory (as in the original), so the demo
+    # writes one resolved config that train and export both read.
+    cfg = load_config(config_path(DEMO_CONFIG), [
+        "data_root", str(data), "train_list", str(data / "list" / "train.txt"),
+        "val_list", str(data / "list" / "val.txt"), "test_list", str(data / "list" / "val.txt"),
+        "names_path", str(data / "synthetic_names.txt"), "colors_path", str(data / "synthetic_colors.txt"),
+        "save_path", str(run)])
+    config = workdir / "demo.yaml"
+    config.write_text(cfg.to_yaml())
     steps = [
-        ["make-synthetic", "--out", str(data)],
-        ["train", "--config", config, "data_root", str(data), "save_path", str(run)],
-        ["export", "--config", config, "--checkpoint", str(run / "final.pth"), "--name", name,
-         "--repository", str(repository), "data_root", str(data)],
+        ["train", "--config", str(config)],
+        ["export", "--config", str(config), "--checkpoint", str(run / "final.pth"), "--name", name,
+         "--repository", str(repository)],
     ]
     for step in steps:
         if sceneparse(step) != 0:
