@@ -8,6 +8,7 @@ and explicit model control, each leaving the server up and every model loaded ag
 from __future__ import annotations
 
 import dataclasses
+import io
 import time
 from pathlib import Path
 
@@ -98,14 +99,17 @@ def test_production_config_is_untouched_and_mirrored_for_the_python_backend(repo
         assert served.resolve() == repository.model_file(name, meta.version).resolve()
 
 
-def test_runner_returns_the_logits_of_onnxruntime(backend, meta, reference):
-    runner = backend.open(None, meta)
-    for n in sorted({1, meta.max_batch_size}):
-        batch = random_batch(meta, n, seed=n)
-        got = runner(batch)
-        want = reference(batch)
-        assert got.dtype == np.float32 and got.shape == want.shape
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+def test_runner_returns_the_logits_of_onnxruntime(backend, repository):
+    for name in repository.list_models():  # every exported architecture
+        meta = repository.read_metadata(name)
+        reference = LocalOnnxRuntime(repository.model_file(name, meta.version), meta)
+        runner = backend.open(repository, meta)
+        for n in sorted({1, meta.max_batch_size}):
+            batch = random_batch(meta, n, seed=n)
+            got = runner(batch)
+            want = reference(batch)
+            assert got.dtype == np.float32 and got.shape == want.shape
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5, err_msg=name)
 
 
 def test_pipeline_masks_are_identical_through_triton_and_onnxruntime(backend, meta, reference):
@@ -228,6 +232,75 @@ def test_unloaded_model_is_unavailable_until_loaded_again(protocol, triton_serve
 def test_load_request_on_unknown_model_is_a_clear_error(triton_server):
     with pytest.raises(TritonError, match="no_such_model"):
         load_model(triton_server.http_url, "no_such_model", "http")
+
+
+# --- through the gateway ------------------------------------------------------------------------
+def gateway_client(repository: ModelRepository, **settings):
+    from fastapi.testclient import TestClient
+
+    from serving.main import create_app
+    from serving.settings import Settings
+
+    return TestClient(create_app(Settings(repository=repository.root, poll_interval=0, ort_threads=1, **settings)))
+
+
+def scene_png(meta: ModelMetadata) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(5)
+    image = np.kron(rng.integers(0, 256, (3, 4, 3)), np.ones((20, 20, 1))) + rng.normal(0, 10, (60, 80, 3))
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def label_of(response) -> np.ndarray:
+    from PIL import Image
+
+    assert response.status_code == 200, response.text
+    return np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_gateway_masks_via_triton_equal_masks_via_onnxruntime(protocol, triton_server, repository, meta):
+    image = scene_png(meta)
+    params = {"model": meta.name, "output": "label"}
+    with gateway_client(repository, backend="onnxruntime") as local:
+        want = label_of(local.post("/v1/segment", params=params, content=image))
+    with gateway_client(repository, backend="triton", triton_url=triton_server.url(protocol),
+                        triton_protocol=protocol) as remote:
+        assert remote.get("/readyz").status_code == 200
+        response = remote.post("/v1/segment", params=params, content=image)
+        got = label_of(response)
+        assert response.headers["x-model-version"] == str(meta.version)
+        assert remote.get("/v1/models").json()  # lists the models of the repository
+    assert got.shape == (60, 80)
+    np.testing.assert_array_equal(got, want)
+    assert len(np.unique(want)) > 1, "a constant mask would prove little"
+
+
+def test_gateway_answers_503_while_triton_is_down_and_recovers_by_itself(triton_server, repository, meta):
+    image = scene_png(meta)
+    params = {"model": meta.name, "output": "label"}
+    with gateway_client(repository, backend="triton", triton_url=triton_server.http_url, triton_timeout=5) as client:
+        before = label_of(client.post("/v1/segment", params=params, content=image))
+        triton_server.kill()
+        try:
+            ready = client.get("/readyz")
+            assert ready.status_code == 503 and "not reachable" in ready.json()["reason"]
+            start = time.monotonic()
+            down = client.post("/v1/segment", params=params, content=image)
+            assert down.status_code == 503, down.text
+            assert down.json()["error"] == "backend_unavailable"
+            assert "Triton at" in down.json()["detail"] and "unreachable" in down.json()["detail"]
+            assert "retry-after" in down.headers
+            assert time.monotonic() - start < 3.0
+            assert client.get("/healthz").status_code == 200  # the gateway itself is alive
+        finally:
+            triton_server.start()
+        assert client.get("/readyz").status_code == 200
+        after = label_of(client.post("/v1/segment", params=params, content=image))
+        np.testing.assert_array_equal(after, before)
 
 
 def shifted_onnx(source: Path, target: Path, output_name: str, num_classes: int) -> None:
