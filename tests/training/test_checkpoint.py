@@ -243,3 +243,10 @@ def test_build_model_initialises_the_backbone_from_a_file(tmp_path):
     path, trunk = _deep_stem_imagenet_file(tmp_path)
     model = build_model({**CONFIG, "pretrained_backbone": str(path)}, aux=False)
     assert torch.equal(model.layer2[0].conv1.weight, trunk.layer2[0].conv1.weight)
+
+
+def test_build_model_can_skip_a_missing_backbone_file(tmp_path):
+    config = {**CONFIG, "pretrained_backbone": str(tmp_path / "initmodel" / "resnet18_v2.pth")}
+    with pytest.raises(CheckpointError, match="resnet18_v2.pth: no such checkpoint file"):
+        build_model(config)
+    assert build_model(config, aux=False, backbone_weights=False).classes == 5

@@ -318,3 +318,11 @@ def test_deep_stem_and_deeper_trunks_follow_the_original_names(reference_models)
     )
     # every key of ResNet-50 PSPNet exists in the deeper ones with the same shape
     assert all(deep["pspnet101"].get(k) == v for k, v in listing.items())
+
+
+def test_psanet_takes_sizes_the_shrink_does_not_divide():
+    # 41 -> a 6-wide stride-8 map, shrunk to 3 and back to 5 by the original rule; the context is
+    # resized onto the trunk grid instead of failing in the concat as the original did.
+    model = _tiny("psa", crop=41).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 41, 57)).shape == (1, CLASSES, 41, 57)

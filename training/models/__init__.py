@@ -70,7 +70,7 @@ def model_name(arch: str, layers: int) -> str:
     return f"{ARCHS[arch]}{depth}"
 
 
-def build_model(config: Any, *, aux: bool = True) -> nn.Module:
+def build_model(config: Any, *, aux: bool = True, backbone_weights: bool = True) -> nn.Module:
     """Build the PSPNet/PSANet that a config describes.
 
     Args:
@@ -82,6 +82,9 @@ def build_model(config: Any, *, aux: bool = True) -> nn.Module:
             ``train_h``/``train_w``, 465), ``normalization_factor`` (1.0), ``psa_softmax`` (True);
             ``pretrained_backbone`` (path of ImageNet weights, or None).
         aux: build the aux head (True for training; False for inference and export).
+        backbone_weights: load ``pretrained_backbone`` when the config names one; pass False when a
+            whole-model checkpoint will be loaded anyway (evaluation, export), so the ImageNet file
+            need not exist.
 
     Returns:
         the model in training mode (call ``.eval()`` for inference), on the CPU (or on the current
@@ -121,6 +124,6 @@ def build_model(config: Any, *, aux: bool = True) -> nn.Module:
         )
     model = get_model_builder(name)(**kwargs)
     backbone_path = _lookup(config, "pretrained_backbone", None)
-    if backbone_path:
+    if backbone_path and backbone_weights:
         load_backbone_weights(model, backbone_path)
     return model
