@@ -7,7 +7,10 @@
 - adaptive average pooling becomes two constant matrix products (see FixedAdaptiveAvgPool2d):
   ONNX's exporter only handles adaptive pooling whose bins divide the feature size, and a fixed
   crop makes the feature size a constant, so the exact PyTorch bin boundaries can be baked in;
-- fp16: weights and activations in half precision (input and output tensors are float16 too).
+- BatchNorm folded into the convolution that feeds it, in float32 (a pair is fused only when a
+  forward pass shows the BN reading exactly that convolution's output);
+- fp16: weights and activations in half precision (input and output tensors are float16 too),
+  converted after folding so the folded weights are rounded once.
 """
 
 from __future__ import annotations
@@ -87,6 +90,53 @@ def fix_adaptive_pooling(model: nn.Module, example: torch.Tensor) -> int:
     return len(seen)
 
 
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module, example: torch.Tensor) -> int:
+    """Fold every eval-mode BatchNorm2d into the Conv2d whose output it normalises (in place).
+
+    A forward pass on `example` records which tensor each Conv2d returned and which tensor each
+    BatchNorm2d read; a BN reading exactly one conv's output (and that conv feeding no other BN)
+    is fused into it with torch.nn.utils.fusion.fuse_conv_bn_eval and becomes nn.Identity. The
+    export's parity check against the untouched model guards the rest. Returns the pairs folded.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    names = {module: name for name, module in model.named_modules()}
+    conv_outputs: dict[int, tuple[str, torch.Tensor]] = {}  # the tensors are kept so ids stay unique
+    pairs: dict[str, list[str]] = {}
+    hooks = []
+
+    def conv_done(module, args, output):
+        conv_outputs[id(output)] = (names[module], output)
+
+    def bn_starts(module, args):
+        source = conv_outputs.get(id(args[0]))
+        if source is not None:
+            pairs.setdefault(source[0], []).append(names[module])
+
+    for module in names:
+        if isinstance(module, nn.Conv2d):
+            hooks.append(module.register_forward_hook(conv_done))
+        elif isinstance(module, nn.BatchNorm2d):
+            hooks.append(module.register_forward_pre_hook(bn_starts))
+    try:
+        model(example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+        conv_outputs.clear()
+    modules = dict(model.named_modules())
+    folded = 0
+    for conv_name, bn_names in pairs.items():
+        norm = modules[bn_names[0]]
+        if len(bn_names) != 1 or norm.training or not norm.track_running_stats:
+            continue
+        _replace_module(model, conv_name, fuse_conv_bn_eval(modules[conv_name], norm))
+        _replace_module(model, bn_names[0], nn.Identity())
+        folded += 1
+    return folded
+
+
 def export_module(
     model: nn.Module,
     crop_h: int,
@@ -113,6 +163,7 @@ def export_module(
         module.zoom_factor = 8 if logits == "crop" else 1
     example = torch.zeros(1, 3, crop_h, crop_w)
     fix_adaptive_pooling(module, example)
+    fold_batchnorm(module, example)
     if fp16:
         module = module.half()
     for parameter in module.parameters():
