@@ -42,21 +42,25 @@ def psa_mask_index(
     hw = feature_h * feature_w
     half_h = (mask_h - 1) // 2
     half_w = (mask_w - 1) // 2
-    zero_channel = mask_h * mask_w
+    # The output map is laid out (qh, qw, ph, pw) for collect (row q = the other position, column p =
+    # the attending one) and (ph, pw, qh, qw) for distribute. Everything is separable in h and w, so the
+    # index is one broadcast sum of an h-part and a w-part, and only the final tensor is full size.
+    q_h, p_h = (slice(None), None, None, None), (None, None, slice(None), None)
+    q_w, p_w = (None, slice(None), None, None), (None, None, None, slice(None))
+    if psa_type == DISTRIBUTE:
+        q_h, p_h, q_w, p_w = p_h, q_h, p_w, q_w
     rows_h = torch.arange(feature_h, device=device)
     rows_w = torch.arange(feature_w, device=device)
-    # window cell (i, j) that links the attending position p = (ph, pw) to the other position q = (qh, qw);
-    # shapes broadcast to (qh, qw, ph, pw)
-    i = (rows_h.view(-1, 1, 1, 1) - rows_h.view(1, 1, -1, 1)) + half_h
-    j = (rows_w.view(1, -1, 1, 1) - rows_w.view(1, 1, 1, -1)) + half_w
-    inside = (i >= 0) & (i < mask_h) & (j >= 0) & (j < mask_w)
-    channel = torch.where(inside, i * mask_w + j, zero_channel)
-    position = torch.arange(hw, device=device).view(1, 1, feature_h, feature_w)
-    # collect: row q, column p  ->  read channel(q, p) at position p
-    index = (channel * hw + position).reshape(hw, hw)
-    if psa_type == DISTRIBUTE:
-        # distribute: row p, column q holds the same value as collect's row q, column p
-        index = index.t()
+    # window cell (i, j) through which the attending position p sees q: i = qh - ph + half_h
+    i = rows_h[q_h] - rows_h[p_h] + half_h
+    j = rows_w[q_w] - rows_w[p_w] + half_w
+    zero_element = mask_h * mask_w * hw  # first element of the zero row appended after the last channel
+    # element read: channel (i * mask_w + j) at position p = ph * W + pw, in a (channels, H*W) layout;
+    # a part outside the window is pushed to zero_element, so any sum involving it clamps back to it
+    # (every in-window sum is below zero_element). Separable selects are ~5x cheaper than a full-size one.
+    part_h = torch.where((i >= 0) & (i < mask_h), i * (mask_w * hw) + rows_h[p_h] * feature_w, zero_element)
+    part_w = torch.where((j >= 0) & (j < mask_w), j * hw + rows_w[p_w], zero_element)
+    index = (part_h + part_w).clamp(max=zero_element)
     return index.reshape(-1)
 
 
