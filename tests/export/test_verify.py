@@ -36,7 +36,7 @@ def test_compare_logits_counts_ties_only_in_the_raw_agreement():
     figures = compare_logits(reference, candidate)
     assert figures["argmax_agreement"] == pytest.approx(0.75)
     assert figures["decisive_agreement"] == 1.0
-    assert figures["max_abs_delta"] == pytest.approx(2e-6, rel=1e-3)
+    assert figures["max_abs_delta"] == pytest.approx(2e-6, rel=0.05)  # float32 rounding at 0.5
     candidate[0, 1, 0, 2] = 2.0  # a real disagreement
     assert compare_logits(reference, candidate)["decisive_agreement"] < 1.0
 
