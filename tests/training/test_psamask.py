@@ -90,3 +90,72 @@ def test_bad_arguments_raise_clear_errors():
         psa_mask(torch.zeros(1, 9, 4, 4), 2, 3, 3)
     with pytest.raises(ValueError, match="psa_type"):
         PSAMask(5, 3, 3)
+
+
+def _original_psa_forward(psa, x: torch.Tensor) -> torch.Tensor:
+    """The PSA module's forward written out step by step as the original defines it, on the loop op."""
+    import torch.nn.functional as F
+
+    def shrink(t):
+        h, w = t.shape[2:]
+        if psa.shrink_factor == 1:
+            return t
+        size = ((h - 1) // psa.shrink_factor + 1, (w - 1) // psa.shrink_factor + 1)
+        return F.interpolate(t, size=size, mode="bilinear", align_corners=True)
+
+    def attend(features, attention, direction):
+        n, c, h, w = features.shape
+        y = attention(features)
+        if psa.compact:
+            if direction == DISTRIBUTE:
+                y = y.view(n, h * w, h * w).transpose(1, 2).reshape(n, h * w, h, w)
+        else:
+            y = loop_psa_mask(y, direction, psa.mask_h, psa.mask_w)
+        if psa.psa_softmax:
+            y = F.softmax(y, dim=1)
+        return (
+            torch.bmm(features.view(n, c, h * w), y.view(n, h * w, h * w)).view(n, c, h, w)
+            / psa.normalization_factor
+        )
+
+    if psa.psa_type == 2:
+        context = torch.cat(
+            [
+                attend(shrink(psa.reduce(x)), psa.attention, COLLECT),
+                attend(shrink(psa.reduce_p(x)), psa.attention_p, DISTRIBUTE),
+            ],
+            1,
+        )
+    else:
+        context = attend(shrink(psa.reduce(x)), psa.attention, psa.psa_type)
+    context = psa.proj(context)
+    if psa.shrink_factor != 1:
+        h, w = context.shape[2:]
+        size = ((h - 1) * psa.shrink_factor + 1, (w - 1) * psa.shrink_factor + 1)
+        context = F.interpolate(context, size=size, mode="bilinear", align_corners=True)
+    return torch.cat([x, context], 1)
+
+
+@pytest.mark.parametrize(
+    "psa_type, compact, shrink, mask, softmax",
+    [
+        (0, False, 2, (5, 3), True),
+        (1, False, 2, (5, 3), True),
+        (2, False, 2, (5, 5), True),
+        (2, False, 1, (7, 9), False),
+        (0, True, 2, (3, 4), True),
+        (1, True, 2, (3, 4), True),
+        (2, True, 1, (5, 7), True),
+    ],
+)
+def test_psa_module_follows_the_original_forward(psa_type, compact, shrink, mask, softmax):
+    from training.models.psanet import PSA
+
+    torch.manual_seed(0)
+    psa = PSA(16, 8, psa_type=psa_type, compact=compact, shrink_factor=shrink, mask_h=mask[0], mask_w=mask[1])
+    psa.psa_softmax = softmax
+    psa.normalization_factor = 2.0
+    psa.eval()
+    x = torch.randn(2, 16, 5, 7)
+    with torch.no_grad():
+        assert torch.allclose(psa(x), _original_psa_forward(psa, x), atol=1e-6)
