@@ -13,6 +13,7 @@ gateway recovers by itself when Triton is back. Tensors travel as binary data. t
 from __future__ import annotations
 
 import contextlib
+import http.client
 import re
 import socket
 import threading
@@ -45,7 +46,8 @@ def split_url(url: str, protocol: str | None = None) -> tuple[str, str]:
     address, scheme = url.strip(), None
     if "://" in address:
         scheme, address = address.split("://", 1)
-        scheme = {"https": "http", "grpcs": "grpc"}.get(scheme, scheme)
+        if scheme.lower() in {"https", "grpcs"}:
+            raise ValueError(f"Triton URL {url!r}: TLS is not supported; use http:// or grpc:// (or a TLS proxy)")
     address = address.rstrip("/")
     protocol = (protocol or scheme or "http").lower()
     if protocol not in PROTOCOLS:
@@ -160,7 +162,7 @@ class TritonBackend(Backend):
                     raise TritonError(f"Triton at {self.address} refused {action}: {_message(exc)}") from exc
                 failure, timed_out = exc, kind == "timeout"
             except _network_errors() as exc:
-                failure, timed_out = exc, not isinstance(exc, ConnectionError)
+                failure, timed_out = exc, isinstance(exc, _timeout_errors())
             self._clients.discard(client)
             # A refused or reset connection is worth one more try on a fresh client (a stale
             # keep-alive connection after a restart); a timeout is not: it would only double it.
@@ -335,9 +337,9 @@ def _close_quietly(client) -> None:
         client.close()
 
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions the HTTP client raises when Triton is unreachable or too slow."""
-    errors: tuple[type[BaseException], ...] = (OSError, TimeoutError, socket.timeout)
+def _timeout_errors() -> tuple[type[BaseException], ...]:
+    """What the HTTP client raises when Triton does not answer in time."""
+    errors: tuple[type[BaseException], ...] = (TimeoutError, socket.timeout)
     try:  # geventhttpclient raises gevent's Timeout (a BaseException) when a read times out
         from gevent import Timeout
 
@@ -345,6 +347,15 @@ def _network_errors() -> tuple[type[BaseException], ...]:
     except ImportError:  # pragma: no cover - gevent comes with tritonclient[http]
         pass
     return errors
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What the HTTP client raises when Triton is unreachable, went away mid-request, or is too slow.
+
+    OSError: refused / reset / unreachable; HTTPException: geventhttpclient's
+    HTTPConnectionClosed and parse errors of a half-sent answer from a dying server.
+    """
+    return (OSError, http.client.HTTPException, *_timeout_errors())
 
 
 def _grpc_failure_kind(exc: Exception) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import threading
 import time
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def test_split_url_accepts_schemes_and_rejects_nonsense():
         split_url("localhost:8000", "websocket")
     with pytest.raises(ValueError, match="host:port"):
         split_url("localhost")
+    with pytest.raises(ValueError, match="TLS"):
+        split_url("https://triton:8000")
 
 
 def test_production_config_is_untouched_and_mirrored_for_the_python_backend(repository, triton_server):
@@ -184,6 +187,48 @@ def test_killed_server_makes_runner_unavailable_and_the_same_backend_recovers(tr
             triton_server.start()
         for backend in backends.values():
             backend.close()
+
+
+def test_requests_in_flight_during_a_crash_fail_only_as_unavailable(triton_server, meta, reference):
+    """Four threads share one backend per protocol while Triton is killed and restarted."""
+    backends = {p: TritonBackend(triton_server.url(p), p, timeout_s=5.0) for p in PROTOCOLS}
+    batch = random_batch(meta, 2, seed=5)
+    want = reference(batch)
+    outcomes: dict[str, list[str]] = {p: [] for p in PROTOCOLS}
+    phase = {"stop": False}
+
+    def hammer(protocol: str) -> None:
+        runner = backends[protocol].open(None, meta)
+        while not phase["stop"]:
+            try:
+                got = runner(batch)
+                outcomes[protocol].append("ok" if np.allclose(got, want, rtol=1e-5, atol=1e-5) else "wrong")
+            except BackendUnavailable:
+                outcomes[protocol].append("unavailable")
+            except Exception as exc:  # anything else is what this test looks for
+                outcomes[protocol].append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=hammer, args=(p,)) for p in PROTOCOLS for _ in range(2)]
+    try:
+        for thread in threads:
+            thread.start()
+        time.sleep(0.5)
+        triton_server.kill()
+        time.sleep(0.5)
+        triton_server.start()
+        time.sleep(0.5)
+    finally:
+        phase["stop"] = True
+        for thread in threads:
+            thread.join(30)
+        if not triton_server.running:
+            triton_server.start()
+    for protocol, seen in outcomes.items():
+        assert set(seen) <= {"ok", "unavailable"}, f"{protocol}: {sorted(set(seen) - {'ok', 'unavailable'})}"
+        assert "unavailable" in seen, f"{protocol}: the outage went unnoticed"
+        assert seen[-1] == "ok", f"{protocol}: did not recover"
+        assert np.allclose(backends[protocol].open(None, meta)(batch), want, rtol=1e-5, atol=1e-5)
+        backends[protocol].close()
 
 
 def test_hung_server_times_out_into_unavailable(triton_server, meta):
