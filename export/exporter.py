@@ -467,7 +467,7 @@ def publish(repo: ModelRepository, name: str, populate, model_files: dict[str, s
             version: int | str) -> tuple[int, Path]:
     """publish_version, turning its errors into ExportError and removing directories it created for nothing."""
     model_dir = repo.root / name
-    created = [p for p in (repo.root, model_dir) if not p.exists()]
+    created = [p for p in (*reversed(repo.root.parents), repo.root, model_dir) if not p.exists()]
     try:
         return repo.publish_version(name, populate, model_files=model_files, version=version)
     except BaseException as exc:

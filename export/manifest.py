@@ -81,15 +81,25 @@ def _suggest(key: str, choices) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _check_entry_keys(values: dict[str, Any], where: str) -> dict[str, Any]:
+def _check_entry_keys(values: dict[str, Any], where: str, key_lines: dict[str, int] | None = None) -> dict[str, Any]:
+    """Check keys and value types of one entry (or of `defaults`); `where` is `file:line: entry N`."""
+    key_lines = key_lines or {}
+
+    def at(key: str) -> str:
+        # Point at the key's own line when it is known: "exports.yaml:15: entry 3".
+        if key in key_lines and ":" in where:
+            file_part, _, rest = where.partition(": ")
+            return f"{file_part.rsplit(':', 1)[0]}:{key_lines[key]}: {rest}"
+        return where
+
     for key, value in values.items():
         if key not in ENTRY_KEYS:
-            raise ExportError(f"{where}: unknown key {key!r}{_suggest(key, ENTRY_KEYS)}; allowed: {', '.join(ENTRY_KEYS)}")
+            raise ExportError(f"{at(key)}: unknown key {key!r}{_suggest(key, ENTRY_KEYS)}; allowed: {', '.join(ENTRY_KEYS)}")
         expected = ENTRY_KEYS[key]
         types = expected if isinstance(expected, tuple) else (expected,)
         if value is None or (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
             names = " or ".join(t.__name__ for t in types)
-            raise ExportError(f"{where}: {key} must be {names}, got {value!r}")
+            raise ExportError(f"{at(key)}: {key} must be {names}, got {value!r}")
     if "formats" in values:
         formats = values["formats"]
         values["formats"] = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
@@ -121,7 +131,8 @@ def load_manifest(path: str | Path) -> Manifest:
     if not isinstance(exports, list) or not exports:
         raise ExportError(f"{path}: 'exports' must be a non-empty list of entries")
     node_of = {k.value: v for k, v in root.value} if isinstance(root, yaml.MappingNode) else {}
-    lines = [item.start_mark.line + 1 for item in node_of["exports"].value]
+    entry_nodes = node_of["exports"].value
+    lines = [item.start_mark.line + 1 for item in entry_nodes]
     base = path.resolve().parent
     defaults = data.get("defaults") or {}
     if not isinstance(defaults, dict):
@@ -129,11 +140,12 @@ def load_manifest(path: str | Path) -> Manifest:
     defaults = _check_entry_keys(dict(defaults), f"{path}: defaults")
     repository = data.get("repository") or "model_repository"
     manifest = Manifest(path=path, repository=(base / str(repository)))
-    for index, (entry, line) in enumerate(zip(exports, lines, strict=True), start=1):
+    for index, (entry, line, node) in enumerate(zip(exports, lines, entry_nodes, strict=True), start=1):
         where = f"{path}:{line}: entry {index}"
         if not isinstance(entry, dict):
             raise ExportError(f"{where}: expected a mapping with config and checkpoint, got {entry!r}")
-        options = {**defaults, **_check_entry_keys(dict(entry), where)}
+        key_lines = {k.value: k.start_mark.line + 1 for k, _ in node.value}
+        options = {**defaults, **_check_entry_keys(dict(entry), where, key_lines)}
         for required in ("config", "checkpoint"):
             if required not in options:
                 raise ExportError(f"{where}: missing {required!r}")
