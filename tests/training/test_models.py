@@ -180,12 +180,6 @@ EXPORT_CASES = [
     pytest.param("psa", 33, {"psa_type": 1}, id="psa18-distribute"),
     pytest.param("psa", 33, {"psa_type": 2}, id="psa18-bidirection"),
     pytest.param("psa", 33, {"psa_type": 2, "compact": True}, id="psa18-compact"),
-    pytest.param(
-        "psa",
-        33,
-        {"psa_type": 1, "compact": True, "shrink_factor": 1},
-        id="psa18-compact-distribute-noshrink",
-    ),
 ]
 
 
