@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -348,6 +349,20 @@ def test_gateway_answers_503_while_triton_is_down_and_recovers_by_itself(triton_
         np.testing.assert_array_equal(after, before)
 
 
+def republish(repository: ModelRepository, name: str) -> int:
+    """Publish a copy of the served version of `name` as the next version; returns its number."""
+    source = repository.version_dir(name, repository.served_version(name))
+    meta = repository.read_metadata(name)
+
+    def populate(staging: Path) -> ModelMetadata:
+        for child in source.iterdir():
+            if child.is_file() and child.name != "sceneparse.json":
+                shutil.copy2(child, staging / child.name)
+        return dataclasses.replace(meta)
+
+    return repository.publish_version(name, populate)[0]
+
+
 def shifted_onnx(source: Path, target: Path, output_name: str, num_classes: int) -> None:
     """Copy `source` with +20 added to class 0's logits: a new version whose masks differ."""
     model = onnx.load(str(source))
@@ -393,3 +408,21 @@ def test_load_model_makes_triton_serve_a_newly_published_version(protocol, trito
         assert (logits.argmax(axis=1) == 0).all(), "the new version's logits favour class 0"
     finally:
         backend.close()
+
+
+def test_poll_mode_picks_up_a_published_version_without_a_load_request(triton_server_factory, repository, tmp_path):
+    name = repository.list_models()[0]
+    copy = ModelRepository(tmp_path / "repository")  # this one model only: a quicker start
+    shutil.copytree(repository.model_dir(name), copy.root / name, ignore=shutil.ignore_patterns(".tmp-*", ".publish.lock"))
+    server = triton_server_factory(copy, control_mode="poll")
+    newest = copy.served_version(name)
+    assert server.model_ready(name, newest)
+    with pytest.raises(TritonError, match="not allowed if polling is enabled"):
+        load_model(server.http_url, name, "http")
+    new_version = republish(copy, name)
+    server.sync()
+    deadline = time.monotonic() + 20
+    while not server.model_ready(name, new_version) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert server.model_ready(name, new_version), server.log_tail()
+    server.stop()
