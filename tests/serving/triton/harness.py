@@ -191,12 +191,25 @@ class TritonServer:
         return mirror_repository(self.source, self.repository)
 
     def start(self, timeout: float = 60.0) -> None:
+        """Start and wait until ready. The first start picks free ports (again, up to 3 times, if
+        another process took one in between); later starts reuse them, as a restarted Triton would."""
         if self.process is not None and self.process.poll() is None:
             raise TritonHarnessError("tritonserver is already running")
         if not self.repository.is_dir():
             self.prepare()
-        if not self.http_port:
-            self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+        first = not self.http_port
+        for attempt in range(3 if first else 1):
+            if first:
+                self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+            self._launch()
+            try:
+                self.wait_ready(timeout)
+                return
+            except TritonHarnessError as exc:
+                if attempt == 2 or not first or "already in use" not in str(exc):
+                    raise
+
+    def _launch(self) -> None:
         self._log_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in _reap
         self._log_handle.write(f"\n==== start {time.strftime('%H:%M:%S')} ====\n".encode())
         self._log_handle.flush()
@@ -208,7 +221,6 @@ class TritonServer:
             cwd=self.workdir,
             start_new_session=True,  # its own process group: the python stubs die with it
         )
-        self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -220,6 +232,7 @@ class TritonServer:
             if self._http_status("/v2/health/ready") == 200:
                 return
             time.sleep(0.2)
+        self.kill()  # never leave a half-started server behind
         raise TritonHarnessError(f"tritonserver not ready after {timeout:.0f}s\n{self.log_tail()}")
 
     def kill(self) -> None:
