@@ -33,6 +33,7 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Pat
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     path = Path(path)
     has_val = any(row.get("mIoU") is not None for row in history)
@@ -57,6 +58,7 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Pat
         val_ax.legend()
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

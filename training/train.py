@@ -397,9 +397,19 @@ def main_worker(index: int | None, cfg: Any, nprocs: int = 1) -> dict[str, Any]:
         spawn_rank=index,
         spawn_world_size=nprocs if index is not None else None,
     )
+    # Seeding switches on deterministic kernels process-wide; put the flags back afterwards so a
+    # library caller (the retraining pipeline, tests) is left as it was.
+    saved_flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+    )
     try:
         return _train(cfg, state)
     finally:
+        torch.use_deterministic_algorithms(saved_flags[0], warn_only=saved_flags[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved_flags[2:]
         du.cleanup()
 
 
