@@ -41,7 +41,8 @@ class TritonError(RuntimeError):
 def split_url(url: str, protocol: str | None = None) -> tuple[str, str]:
     """`host:port`, `http://host:port` or `grpc://host:port` -> (host:port, protocol).
 
-    An explicit `protocol` wins over the scheme; without either it is "http".
+    A scheme in the URL wins over `protocol` (the default for scheme-less URLs, else "http"), so
+    SCENEPARSE_TRITON_URL=grpc://triton:8001 means gRPC whatever the protocol setting says.
     """
     address, scheme = url.strip(), None
     if "://" in address:
@@ -49,7 +50,7 @@ def split_url(url: str, protocol: str | None = None) -> tuple[str, str]:
         if scheme.lower() in {"https", "grpcs"}:
             raise ValueError(f"Triton URL {url!r}: TLS is not supported; use http:// or grpc:// (or a TLS proxy)")
     address = address.rstrip("/")
-    protocol = (protocol or scheme or "http").lower()
+    protocol = (scheme or protocol or "http").lower()
     if protocol not in PROTOCOLS:
         raise ValueError(f"Triton protocol must be 'http' or 'grpc', got {protocol!r}")
     if not address or ":" not in address:

@@ -75,6 +75,7 @@ def random_batch(meta: ModelMetadata, n: int, seed: int = 0) -> np.ndarray:
 def test_split_url_accepts_schemes_and_rejects_nonsense():
     assert split_url("grpc://triton:8001") == ("triton:8001", "grpc")
     assert split_url("http://127.0.0.1:8000/", None) == ("127.0.0.1:8000", "http")
+    assert split_url("grpc://triton:8001", "http") == ("triton:8001", "grpc")  # the URL says it
     assert split_url("localhost:8001", "grpc") == ("localhost:8001", "grpc")
     with pytest.raises(ValueError, match="protocol"):
         split_url("localhost:8000", "websocket")
