@@ -36,6 +36,8 @@ def cuda_provider_options(gpu_mem_limit_mb: int, device_id: int = 0) -> dict[str
         "arena_extend_strategy": "kSameAsRequested",
         # EXHAUSTIVE benchmarks algorithms with workspaces of their own; HEURISTIC needs none.
         "cudnn_conv_algo_search": "HEURISTIC",
+        # By default ORT lets cuDNN take as much workspace as is free; 0 caps it at 32 MiB.
+        "cudnn_conv_use_max_workspace": "0",
         "do_copy_in_default_stream": True,
     }
 

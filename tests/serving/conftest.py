@@ -87,6 +87,13 @@ def model_name(gateway_source_repository) -> str:
     return gateway_source_repository.list_models()[0]
 
 
+@pytest.fixture(scope="session")
+def psp_model_name(gateway_source_repository) -> str:
+    """A PSPNet model of the repository (plain convolutions: every ONNX shape is inferable)."""
+    names = gateway_source_repository.list_models()
+    return next((n for n in names if gateway_source_repository.read_metadata(n).arch == "psp"), names[0])
+
+
 def copy_repository(source: ModelRepository, destination: Path) -> ModelRepository:
     shutil.copytree(source.root, destination, ignore=shutil.ignore_patterns(".tmp-*", ".publish.lock"))
     return ModelRepository(destination)

@@ -56,6 +56,7 @@ def test_cuda_options_bound_the_arena():
     assert options["gpu_mem_limit"] == 3072 * 1024 * 1024
     assert options["arena_extend_strategy"] == "kSameAsRequested"
     assert options["cudnn_conv_algo_search"] == "HEURISTIC"
+    assert options["cudnn_conv_use_max_workspace"] == "0"
     assert options["device_id"] == 1
 
 
