@@ -38,7 +38,8 @@ def test_export_both_formats_verifies_and_publishes(variant, make_source, tmp_pa
     assert parity["passed"] and parity["precision"] == "fp32"
     assert set(parity["cases"]) == {"onnxruntime", "torchscript"}
     assert set(parity["cases"]["onnxruntime"]) == {"random_b1", "structured_b1", "random_b2", "structured_b2"}
-    assert parity["worst"]["max_abs_delta"] <= 1e-4 and parity["worst"]["decisive_agreement"] == 1.0
+    assert parity["worst"]["tolerance_used"] <= 1.0 and parity["worst"]["decisive_agreement"] == 1.0
+    assert parity["worst"]["max_abs_delta"] <= 1e-4  # tiny logits: the plain bound holds too
     assert parity["graph"]["onnx"]["batchnorm_nodes"] == 0  # BN folded into the convolutions
     assert parity["graph"]["torchscript"]["batchnorm_nodes"] == 0
 

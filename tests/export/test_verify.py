@@ -41,6 +41,18 @@ def test_compare_logits_counts_ties_only_in_the_raw_agreement():
     assert compare_logits(reference, candidate)["decisive_agreement"] < 1.0
 
 
+def test_tolerance_grows_with_the_logits_magnitude():
+    small = np.full((1, 2, 2, 2), 0.5, np.float32)
+    small[:, 1] = -0.5
+    large = small * 100
+    # 2e-4 is beyond 1e-4 + 1e-5 * 0.5 but within 1e-4 + 1e-5 * 50.
+    assert compare_logits(small, small + 2e-4)["tolerance_used"] > 1.0
+    assert compare_logits(large, large + 2e-4)["tolerance_used"] < 1.0
+    inputs = {"b1": np.ones((1, 3, 2, 2), np.float32)}
+    assert not measure_parity(lambda b: small, {"onnxruntime": lambda b: small + 2e-4}, inputs)["passed"]
+    assert measure_parity(lambda b: large, {"onnxruntime": lambda b: large + 2e-4}, inputs)["passed"]
+
+
 def test_compare_logits_rejects_wrong_shapes_and_nan():
     reference = np.zeros((1, 3, 4, 4), np.float32)
     with pytest.raises(VerificationError, match="shape"):
