@@ -15,6 +15,9 @@ from tritonclient.grpc import model_config_pb2
 from export import export_checkpoint
 from serving.repository import ModelRepository
 
+# Triton's libtorch backend needs TorchScript, which torch 2.14 marks deprecated.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")
+
 MODELS = {
     "pspnet": dict(arch="psp"),
     "psanet_collect": dict(arch="psa", psa_type=0),
