@@ -242,12 +242,17 @@ def _build_files(model, work: Path, crop: tuple[int, int], options: ExportOption
                  mean_std: tuple[list[float], list[float]], timings: dict[str, float], progress: Progress) -> tuple[dict[str, Path], dict[str, Any], tuple[int, int]]:
     """Export each requested format into `work`, verify, slim. Returns (files, parity, output_hw)."""
     crop_h, crop_w = crop
-    module = export_module(model, crop_h, crop_w, logits=options.logits, fp16=options.fp16)
     dtype = torch.float16 if options.fp16 else torch.float32
     # Batch 2 when allowed, so that nothing batch-1 specific (squeezes) is baked into the graph.
     example = torch.zeros(min(2, options.max_batch_size), 3, crop_h, crop_w, dtype=dtype)
-    with torch.no_grad():
-        out_hw = tuple(int(s) for s in module(example).shape[2:])
+    try:
+        module = export_module(model, crop_h, crop_w, logits=options.logits, fp16=options.fp16)
+        with torch.no_grad():
+            out_hw = tuple(int(s) for s in module(example).shape[2:])
+    except (ValueError, RuntimeError) as exc:
+        # e.g. a compact PSANet whose attention map was sized for another crop (train_h vs test_h)
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ExportError(f"the model does not run at the export crop {crop_h}x{crop_w} (test_h x test_w): {first}") from None
     files: dict[str, Path] = {}
     graphs: dict[str, Any] = {}
     for fmt in options.formats:

@@ -147,3 +147,11 @@ def test_argument_errors_exit_2(capsys):
         main(["--config", "c.yaml"])  # no checkpoint
     assert excinfo.value.code == 2
     assert "--checkpoint is required" in capsys.readouterr().err
+
+
+def test_crop_the_model_cannot_run_at(make_source, tmp_path):
+    # A compact PSANet's attention map is sized for its training crop; 49 gives a 4x4 grid, not 3x3.
+    source = make_source("psa", fit=False, compact=True)
+    with pytest.raises(export.ExportError, match="does not run at the export crop 49x49"):
+        export.export_checkpoint({**source.config, "test_h": 49, "test_w": 49}, source.checkpoint, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
