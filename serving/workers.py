@@ -1,9 +1,10 @@
 """The bounded worker pool: segment work runs on threads, never on the event loop.
 
-At most `workers` requests run at once and at most `queue_size` wait; one more is refused at
-once (the gateway answers 503 with Retry-After), so memory never grows with the load. A request
-past its deadline is answered 504 by the caller; its job is cancelled if it has not started, and
-told to stop before its next batch if it has.
+At most `workers` requests run at once and at most `queue_size` wait; a request takes its place
+(`reserve`) before its body is read, so one more is refused at once (the gateway answers 503
+with Retry-After) and memory never grows with the load. A request past its deadline is answered
+504 by the caller; its job is cancelled if it has not started, and told to stop before its next
+batch if it has.
 """
 
 from __future__ import annotations
@@ -27,6 +28,22 @@ class DeadlineExceeded(Exception):
     """The request did not finish within its deadline."""
 
 
+class Reservation:
+    """A place in the pool, held from before the body is read until the job's thread is done."""
+
+    def __init__(self, pool: WorkerPool):
+        self._pool = pool
+        self._lock = threading.Lock()
+        self._held = True
+
+    def release(self) -> None:
+        """Give the place back (idempotent)."""
+        with self._lock:
+            held, self._held = self._held, False
+        if held:
+            self._pool._release()
+
+
 class WorkerPool:
     """Runs `job(cancelled_event)` on a thread pool with bounded admission and a deadline."""
 
@@ -36,43 +53,48 @@ class WorkerPool:
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="segment")
         self._lock = threading.Lock()
-        self._admitted = 0  # waiting + running, counted until the thread is done with the job
+        self._admitted = 0  # reserved places: waiting (reading the body or queued) + running
         self._running = 0
-
-    @property
-    def waiting(self) -> int:
-        with self._lock:
-            return self._admitted - self._running
 
     @property
     def admitted(self) -> int:
         with self._lock:
             return self._admitted
 
-    def _publish(self) -> None:
+    def _publish(self) -> None:  # called with self._lock held
         if self.metrics is not None:
             self.metrics.queue_depth.set(self._admitted - self._running)
             self.metrics.in_progress.set(self._running)
 
-    async def run(
-        self, job: Callable[[threading.Event], T], timeout: float, on_done: Callable[[], None] | None = None
-    ) -> T:
-        """Run `job` on a worker; `on_done` runs once the job's thread no longer needs its inputs.
-
-        Raises QueueFull when no room is left (then `on_done` has already run), DeadlineExceeded
-        after `timeout` seconds, or whatever `job` raised.
-        """
+    def reserve(self) -> Reservation:
+        """Take a place or raise QueueFull at once."""
         with self._lock:
             if self._admitted >= self.capacity:
-                full = True
-            else:
-                full = False
-                self._admitted += 1
-                self._publish()
-        if full:
-            if on_done is not None:
-                on_done()
-            raise QueueFull(f"all {self.workers} workers are busy and {self.capacity - self.workers} requests wait")
+                raise QueueFull(
+                    f"all {self.workers} workers are busy and {self.capacity - self.workers} requests wait"
+                )
+            self._admitted += 1
+            self._publish()
+        return Reservation(self)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._admitted -= 1
+            self._publish()
+
+    async def run(
+        self,
+        reservation: Reservation,
+        job: Callable[[threading.Event], T],
+        timeout: float,
+        on_done: Callable[[], None] | None = None,
+    ) -> T:
+        """Run `job` on a worker within `timeout` seconds.
+
+        `reservation` and then `on_done` are released once the job's thread no longer needs its
+        inputs (also when the job is cancelled before it started). Raises DeadlineExceeded after
+        `timeout`, or whatever `job` raised.
+        """
         cancelled = threading.Event()
 
         def work() -> T:
@@ -88,21 +110,23 @@ class WorkerPool:
                     self._running -= 1
                     self._publish()
 
-        def finished(_: Future) -> None:  # also runs when the job is cancelled before it started
-            with self._lock:
-                self._admitted -= 1
-                self._publish()
+        def finished(_: Future) -> None:
+            reservation.release()
             if on_done is not None:
                 on_done()
 
-        future = self._executor.submit(work)
+        try:
+            future = self._executor.submit(work)
+        except RuntimeError:  # the pool is shutting down
+            finished(None)  # type: ignore[arg-type]
+            raise
         future.add_done_callback(finished)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+            return await asyncio.wait_for(asyncio.wrap_future(future), max(timeout, 0.0))
         except TimeoutError:
             cancelled.set()
             future.cancel()
-            raise DeadlineExceeded(f"the request took longer than its deadline of {timeout:g} s") from None
+            raise DeadlineExceeded("the request took longer than its deadline") from None
 
     def shutdown(self) -> None:
         """Wait for running jobs to end; jobs not started are dropped."""

@@ -190,6 +190,8 @@ def test_full_queue_is_503_with_retry_after(gated, scene_png):
     response = client.post("/v1/segment", content=scene_png)
     assert_error(response, 503, "queue_full")
     assert response.headers["retry-after"] == "7"
+    # Refused before the body is read: even an over-limit upload gets 503, not 413.
+    assert_error(client.post("/v1/segment", content=bytes(25 * 1024 * 1024)), 503, "queue_full")
     assert "sceneparse_queue_depth 1.0" in client.get("/metrics").text
     backend.gate.set()
     for thread in threads:

@@ -52,8 +52,23 @@ def test_sigterm_turns_readiness_off_lets_in_flight_requests_finish_then_exits(
         server.stop()
 
 
-def test_chunked_upload_over_the_limit_is_413_on_the_wire(gateway_source_repository, tmp_path, scene_png):
-    server = GatewayProcess(gateway_source_repository.root, tmp_path / "gateway.log", max_body_bytes=100_000)
+def read_status_line(conn: socket.socket) -> bytes:
+    reply = b""
+    try:
+        while b"\r\n\r\n" not in reply:
+            data = conn.recv(65536)
+            if not data:
+                break
+            reply += data
+    except ConnectionResetError:
+        pass
+    return reply
+
+
+def test_chunked_upload_over_the_limit_is_413_and_a_stalled_upload_408(gateway_source_repository, tmp_path,
+                                                                      scene_png):
+    server = GatewayProcess(gateway_source_repository.root, tmp_path / "gateway.log", max_body_bytes=100_000,
+                            request_timeout=2)
     try:
         server.wait_ready()
         with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
@@ -66,17 +81,17 @@ def test_chunked_upload_over_the_limit_is_413_on_the_wire(gateway_source_reposit
                 conn.sendall(b"0\r\n\r\n")
             except (BrokenPipeError, ConnectionResetError):
                 pass
-            reply = b""
-            try:
-                while b"\r\n\r\n" not in reply:
-                    data = conn.recv(65536)
-                    if not data:
-                        break
-                    reply += data
-            except ConnectionResetError:
-                pass
+            reply = read_status_line(conn)
         assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
         assert b"body_too_large" in reply or b"content-length" in reply.lower()
+        # A client that stops sending halfway: the request times out, its place is freed.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as conn:
+            conn.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5000\r\n\r\n"
+                         + scene_png[:100])
+            started = time.monotonic()
+            reply = read_status_line(conn)
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert 1.5 < time.monotonic() - started < 20
         # The server is unharmed.
         assert httpx.post(f"{server.url}/v1/segment", content=scene_png, timeout=60).status_code == 200
         assert server.process.poll() is None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import threading
 import time
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -41,6 +44,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "not an image, or a truncated/corrupt one"},
     401: {"description": "missing or invalid API key"},
     404: {"description": "unknown model"},
+    408: {"description": "the upload did not arrive within the deadline"},
     413: {"description": "body or pixel count over the limit"},
     415: {"description": "an image format outside JPEG, PNG, WebP, BMP, TIFF, GIF"},
     422: {"description": "invalid parameter"},
@@ -108,26 +112,53 @@ async def _read_image_bytes(request: Request) -> bytes:
 )
 async def segment(request: Request, gateway: GatewayDep, params: Annotated[SegmentParams, Query()]) -> Response:
     """The mask has the input's size after EXIF orientation. Headers name the model and version used."""
+    settings, metrics = gateway.settings, gateway.metrics
+    started = time.monotonic()
     loaded = gateway.manager.acquire(params.model)  # the version is fixed here, for the whole request
-    released = threading.Event()
-
-    def release() -> None:
-        if not released.is_set():
-            released.set()
-            gateway.manager.release(loaded)
-
+    release_model = functools.partial(gateway.manager.release, loaded)
     try:
         options = _segment_options(params, loaded, gateway)
-        data = await _read_image_bytes(request)
-    except BaseException:
-        release()
+        # A place in the pool before the body is read: a full gateway refuses without buffering uploads.
+        reservation = gateway.pool.reserve()
+    except QueueFull:
+        release_model()
+        metrics.rejected.labels("queue_full").inc()
         raise
-    settings, metrics = gateway.settings, gateway.metrics
+    except BaseException:
+        release_model()
+        raise
+    try:
+        data = await asyncio.wait_for(_read_image_bytes(request), settings.request_timeout)
+    except TimeoutError:
+        reservation.release()
+        release_model()
+        raise ApiError(408, "request_timeout", f"the upload did not arrive within {settings.request_timeout:g} s") from None
+    except BaseException:
+        reservation.release()
+        release_model()
+        raise
+    job = _segment_job(data, loaded, options, params, settings.max_pixels)
+    remaining = settings.request_timeout - (time.monotonic() - started)
+    try:
+        body, media_type, seconds, tiles = await gateway.pool.run(reservation, job, remaining, on_done=release_model)
+    except DeadlineExceeded:
+        metrics.rejected.labels("deadline").inc()
+        raise
+    metrics.observe_stages(seconds)
+    metrics.tiles.observe(tiles)
+    return Response(body, media_type=media_type,
+                    headers={"X-Model-Name": loaded.name, "X-Model-Version": str(loaded.version)})
+
+
+def _segment_job(data: bytes, loaded: LoadedModel, options: SegmentOptions, params: SegmentParams,
+                 max_pixels: int) -> Callable[[threading.Event], tuple[bytes, str, dict[str, float], int]]:
+    """The work of one request, for a worker thread: decode, pipeline, encode; returns
+    (body, media type, seconds per stage, tiles)."""
 
     def job(cancelled: threading.Event) -> tuple[bytes, str, dict[str, float], int]:
         seconds: dict[str, float] = {}
         tick = time.perf_counter()
-        image = decode_image(data, settings.max_pixels)
+        image = decode_image(data, max_pixels)
         seconds["decode"] = time.perf_counter() - tick
         stats = PipelineStats()
         label = segment_image(image, CancellableRunner(loaded.runner, cancelled), loaded.meta, options,
@@ -152,15 +183,4 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
         seconds.update(stats.seconds)
         return body, media_type, seconds, stats.tiles
 
-    try:
-        body, media_type, seconds, tiles = await gateway.pool.run(job, settings.request_timeout, on_done=release)
-    except QueueFull:
-        metrics.rejected.labels("queue_full").inc()
-        raise
-    except DeadlineExceeded:
-        metrics.rejected.labels("deadline").inc()
-        raise
-    metrics.observe_stages(seconds)
-    metrics.tiles.observe(tiles)
-    return Response(body, media_type=media_type,
-                    headers={"X-Model-Name": loaded.name, "X-Model-Version": str(loaded.version)})
+    return job
