@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -31,7 +32,8 @@ class Gateway:
         for name, (_, new) in report.changed.items():
             self.metrics.reloads.labels(name, "loaded" if new is not None else "removed").inc()
             if new is None:
-                self.metrics.model_version.remove(name)
+                with contextlib.suppress(KeyError):  # never served: nothing to remove
+                    self.metrics.model_version.remove(name)
         for name in report.errors:
             self.metrics.reloads.labels(name, "failed").inc()
         for name, version in report.served.items():

@@ -109,3 +109,22 @@ def test_mask_pixels_match_the_api(browser, gateway, tmp_path, model_name):
     response = httpx.post(f"{gateway.url}/v1/segment", params={"model": model_name}, content=data, timeout=30)
     expected = np.asarray(Image.open(io.BytesIO(response.content)).convert("RGBA"))
     assert np.array_equal(np.asarray(shown, dtype=np.uint8).reshape(expected.shape), expected)
+
+
+def test_dropping_an_image_on_the_page_segments_it(browser, gateway):
+    page = browser.new_page()
+    page.goto(gateway.url + "/")
+    page.wait_for_selector("#model option", state="attached")
+    data = list(encode(scene_array(30, 42, seed=5)))
+    page.evaluate("""(bytes) => {
+        const file = new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" });
+        const transfer = new DataTransfer();
+        transfer.items.add(file);
+        const zone = document.getElementById("dropzone");
+        zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+        zone.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+    }""", data)
+    page.wait_for_selector("#legend .legend-item", timeout=30_000)
+    page.wait_for_function("document.getElementById('mask').naturalWidth === 42")
+    assert "42×30" in page.text_content("#status")
+    page.close()
