@@ -143,3 +143,21 @@ def test_in_flight_request_finishes_on_the_version_it_started_on(writable_reposi
         wait_until(lambda: old.closed)
         fresh = client.post("/v1/segment", params={"model": model_name}, content=scene_png)
         assert int(fresh.headers["x-model-version"]) == new_version
+
+
+def test_a_gateway_started_on_an_empty_repository_becomes_ready_when_a_model_appears(
+        gateway_source_repository, model_name, scene_png, tmp_path):
+    root = tmp_path / "repository"
+    root.mkdir()
+    settings = Settings(repository=root, poll_interval=0, ort_threads=1)
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "no model is loaded" in ready.json()["reason"]
+        assert client.get("/v1/models").json() == {"models": []}
+        refused = client.post("/v1/segment", content=scene_png)
+        assert refused.status_code == 503 and refused.json()["error"] == "not_ready"
+        shutil.copytree(gateway_source_repository.model_dir(model_name), root / model_name)
+        assert client.post("/v1/admin/reload").json()["served"] == {
+            model_name: gateway_source_repository.served_version(model_name)}
+        assert client.get("/readyz").status_code == 200
+        assert client.post("/v1/segment", content=scene_png).status_code == 200

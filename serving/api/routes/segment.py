@@ -114,6 +114,9 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
     """The mask has the input's size after EXIF orientation. Headers name the model and version used."""
     settings, metrics = gateway.settings, gateway.metrics
     started = time.monotonic()
+    if params.model is None and gateway.manager.default_name() is None:
+        raise ApiError(503, "not_ready", "no model is loaded yet; see /readyz",
+                       {"Retry-After": str(settings.retry_after)})
     loaded = gateway.manager.acquire(params.model)  # the version is fixed here, for the whole request
     release_model = functools.partial(gateway.manager.release, loaded)
     try:
