@@ -1,7 +1,8 @@
-"""Fixtures of the gateway tests: a writable model repository, test images, an app client.
+"""Fixtures of the gateway tests: the export fixture's tiny models, writable copies, test images.
 
-`gateway_repository` copies the export fixture `tiny_repository` when it exists; until then it
-exports a tiny conv net with torch.onnx.export and publishes it with publish_version.
+`gateway_source_repository` is `tiny_repository` (tests/fixtures/repository.py: tiny_psp and
+tiny_psa exported from checkpoints by the project's own export); tests that publish, pin or
+break versions work on a private copy (`writable_repository`).
 """
 
 from __future__ import annotations
@@ -15,39 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serving.repository import ModelMetadata, ModelRepository, colors_text, labels_text
-
-STOPGAP_CLASSES = ["sky", "road", "tree", "car", "person"]
-STOPGAP_PALETTE = [[70, 130, 180], [128, 64, 128], [107, 142, 35], [0, 0, 142], [220, 20, 60]]
-STOPGAP_CROP = 33
-
-
-def export_stopgap_model(repository: ModelRepository, name: str = "tiny", seed: int = 0) -> int:
-    """Publish a seeded two-layer conv net (crop 33, 5 classes) as a new version of `name`."""
-    import torch
-
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, len(STOPGAP_CLASSES), 3, padding=1),
-    ).eval()
-
-    def populate(staging: Path) -> ModelMetadata:
-        torch.onnx.export(
-            net, (torch.zeros(1, 3, STOPGAP_CROP, STOPGAP_CROP),), str(staging / "model.onnx"),
-            input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17, dynamo=False,
-        )
-        return ModelMetadata(
-            name=name, version=0, arch="psp", layers=18, dataset="stopgap", classes=STOPGAP_CLASSES,
-            palette=STOPGAP_PALETTE, crop_h=STOPGAP_CROP, crop_w=STOPGAP_CROP,
-            mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375], base_size=48, max_batch_size=4,
-        )
-
-    files = {"labels.txt": labels_text(STOPGAP_CLASSES), "colors.txt": colors_text(STOPGAP_PALETTE)}
-    version, _ = repository.publish_version(name, populate, model_files=files)
-    return version
+from serving.repository import ModelMetadata, ModelRepository
 
 
 def republish(repository: ModelRepository, name: str, **changes) -> int:
@@ -68,17 +37,9 @@ def republish(repository: ModelRepository, name: str, **changes) -> int:
 
 
 @pytest.fixture(scope="session")
-def gateway_source_repository(request, tmp_path_factory) -> ModelRepository:
-    """A read-only repository with at least one model (the export fixture's, or the stopgap)."""
-    try:
-        shared = request.getfixturevalue("tiny_repository")
-    except pytest.FixtureLookupError:
-        shared = None
-    if shared is not None:
-        return shared if isinstance(shared, ModelRepository) else ModelRepository(Path(getattr(shared, "root", shared)))
-    repository = ModelRepository(tmp_path_factory.mktemp("gateway-source") / "repository")
-    export_stopgap_model(repository)
-    return repository
+def gateway_source_repository(tiny_repository) -> ModelRepository:
+    """The export fixture's repository (tiny_psp and tiny_psa, version 1). Read-only: copy to publish."""
+    return ModelRepository(tiny_repository.root)
 
 
 @pytest.fixture(scope="session")
