@@ -7,7 +7,8 @@ import binascii
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPBearer
 
 from serving.api.errors import ApiError
 from serving.gateway import Gateway
@@ -77,6 +78,12 @@ def _check(request: Request, settings: Settings, admin: bool, scheme: str) -> No
         raise ApiError(401, "unauthorized", detail if key is None else "the API key is not valid", _challenge(scheme))
 
 
+# Declared as security schemes so /docs offers "Authorize"; the check itself reads the headers.
+_API_KEY_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key (when keys are set)")
+_BEARER = HTTPBearer(auto_error=False, description="the same key as a bearer token")
+DeclaredKeys = [Security(_API_KEY_HEADER), Security(_BEARER)]
+
+
 def require_api_key(request: Request, settings: SettingsDep) -> None:
     """Any configured key (API or admin) when keys are configured; open otherwise."""
     _check(request, settings, admin=False, scheme="Bearer")
@@ -95,3 +102,6 @@ def require_admin_key(request: Request, settings: SettingsDep) -> None:
 ApiKey = Depends(require_api_key)
 PageKey = Depends(require_page_key)
 AdminKey = Depends(require_admin_key)
+# Router-level dependency lists: the check plus the documented schemes.
+API_KEY_DEPENDENCIES = [ApiKey, *DeclaredKeys]
+ADMIN_KEY_DEPENDENCIES = [AdminKey, *DeclaredKeys]

@@ -205,6 +205,8 @@ def test_openapi_docs_and_web_page(client):
             "/v1/admin/reload"} <= set(spec["paths"])
     body = spec["paths"]["/v1/segment"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body
+    assert set(spec["components"]["securitySchemes"]) == {"APIKeyHeader", "HTTPBearer"}  # /docs "Authorize"
+    assert "security" not in spec["paths"]["/healthz"]["get"]
     assert "swagger" in client.get("/docs").text.lower()
     page = client.get("/")
     assert page.status_code == 200 and 'id="dropzone"' in page.text

@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from serving.api.deps import AdminKey, GatewayDep
+from serving.api.deps import ADMIN_KEY_DEPENDENCIES, GatewayDep
 
-router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[AdminKey])
+router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=ADMIN_KEY_DEPENDENCIES)
 
 
 @router.post("/reload", summary="Rescan the model repository")

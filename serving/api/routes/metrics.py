@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
-from serving.api.deps import ApiKey, GatewayDep
+from serving.api.deps import API_KEY_DEPENDENCIES, GatewayDep
 
-router = APIRouter(tags=["metrics"], dependencies=[ApiKey])
+router = APIRouter(tags=["metrics"], dependencies=API_KEY_DEPENDENCIES)
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -7,11 +7,11 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from serving.api.deps import ApiKey, GatewayDep
+from serving.api.deps import API_KEY_DEPENDENCIES, GatewayDep
 from serving.models import LoadedModel
 from serving.rendering import legend
 
-router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=[ApiKey])
+router = APIRouter(prefix="/v1/models", tags=["models"], dependencies=API_KEY_DEPENDENCIES)
 
 
 def _describe(entry: LoadedModel, versions: list[int], backend: str, default: str | None) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from serving.api.deps import ApiKey, GatewayDep
+from serving.api.deps import API_KEY_DEPENDENCIES, GatewayDep
 from serving.api.errors import ApiError
 from serving.gateway import Gateway
 from serving.imaging import decode_image
@@ -24,7 +24,7 @@ from serving.rendering import base64_png, class_summary, render_png
 from serving.segmentation import CancellableRunner, SegmentOptions, segment_image
 from serving.workers import DeadlineExceeded, QueueFull
 
-router = APIRouter(prefix="/v1", tags=["segment"], dependencies=[ApiKey])
+router = APIRouter(prefix="/v1", tags=["segment"], dependencies=API_KEY_DEPENDENCIES)
 
 OutputKind = Literal["color", "label", "overlay", "json"]
 PngKind = Literal["color", "label", "overlay"]
