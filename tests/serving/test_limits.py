@@ -201,7 +201,7 @@ def test_full_queue_is_503_with_retry_after(gated, scene_png):
     assert client.post("/v1/segment", content=scene_png).status_code == 200
 
 
-@pytest.mark.parametrize("gated", [0.5], indirect=True)
+@pytest.mark.parametrize("gated", [1.5], indirect=True)
 def test_deadline_is_504_and_the_rest_of_the_work_is_dropped(gated, gateway_source_repository, model_name):
     client, backend = gated
     gateway = client.app.state.gateway
