@@ -3,6 +3,7 @@
 
 const $ = (id) => document.getElementById(id);
 let photoUrl = null;
+let lastFile = null;  // re-segmented when the model or the opacity changes
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -59,6 +60,7 @@ function showLegend(classes) {
 
 async function segment(file) {
   if (!file) return;
+  lastFile = file;
   if (photoUrl) URL.revokeObjectURL(photoUrl);
   photoUrl = URL.createObjectURL(file);
   $("photo").src = photoUrl;
@@ -104,4 +106,6 @@ function setUpDropzone() {
 }
 
 setUpDropzone();
+$("model").addEventListener("change", () => segment(lastFile));
+$("alpha").addEventListener("change", () => segment(lastFile));
 loadModels();

@@ -71,6 +71,12 @@ def test_upload_shows_photo_overlay_mask_and_legend(browser, gateway, tmp_path, 
     swatch = page.locator("#legend .swatch").first.evaluate("el => getComputedStyle(el).backgroundColor")
     assert swatch.startswith("rgb(")
     assert model_name in page.text_content("#status")
+    # Another model re-segments the same photo.
+    other = [name for name in page.eval_on_selector_all("#model option", "els => els.map(e => e.value)")
+             if name != model_name]
+    if other:
+        page.select_option("#model", other[0])
+        page.wait_for_function(f"document.getElementById('status').textContent.startsWith('{other[0]} v')")
     assert errors == []
     page.close()
 
