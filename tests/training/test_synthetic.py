@@ -99,4 +99,5 @@ def test_cli_writes_a_dataset(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "make-synthetic" in result.stderr  # the progress bar
     assert len((tmp_path / "d/train.txt").read_text().splitlines()) == 2
+    assert (tmp_path / "d/list/val.txt").read_text() == (tmp_path / "d/val.txt").read_text()
     assert len((tmp_path / "d/synthetic_names.txt").read_text().splitlines()) == 3
