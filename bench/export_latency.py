@@ -2,7 +2,9 @@
 
 Random weights (latency does not depend on their values). Each model is exported with the same
 code as `sceneparse export` (export.graph.export_module + export.onnx_file.write_onnx), then timed
-on this CPU: median of --repeats calls after --warmup calls, at each batch size. Three ways are timed:
+on this CPU at each batch size: --warmup calls, then --repeats rounds that call each way once in
+turn (so that load from other processes falls on all three alike); median and minimum per way.
+Three ways are timed:
 
 - eager:       PyTorch, torch.no_grad, logits zoomed to the crop in the model (the original);
 - ort:         ONNX Runtime CPU, logits zoomed to the crop inside the graph (the export default);
@@ -33,17 +35,6 @@ MODELS = {
     "psanet50": dict(arch="psa", layers=50, classes=150, train_h=465, train_w=465, test_h=465, test_w=465,
                      psa_type=2, compact=False, shrink_factor=2, psa_softmax=True, normalization_factor=1.0),
 }
-
-
-def median_seconds(call, batch, repeats: int, warmup: int) -> float:
-    for _ in range(warmup):
-        call(batch)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call(batch)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def bench_model(name: str, batches: list[int], repeats: int, warmup: int, threads: int, work: Path) -> list[dict]:
@@ -78,15 +69,27 @@ def bench_model(name: str, batches: list[int], repeats: int, warmup: int, thread
 
     rows = []
     rng = np.random.default_rng(0)
+    ways = (("eager", eager), ("ort", ort_crop), ("ort+zoom", feature_then_zoom))
     for batch_size in batches:
         batch = rng.standard_normal((batch_size, 3, crop, crop)).astype(np.float32)
         reference = eager(batch)
         delta = float(np.abs(ort_crop(batch) - reference).max())
         delta_zoom = float(np.abs(feature_then_zoom(batch) - reference).max())
         row = {"model": name, "crop": crop, "batch": batch_size, "delta": delta, "delta_zoom": delta_zoom}
-        for label, call in (("eager", eager), ("ort", ort_crop), ("ort+zoom", feature_then_zoom)):
-            row[label] = median_seconds(call, batch, repeats, warmup)
-            print(f"  {name} batch {batch_size} {label}: {1000 * row[label]:.0f} ms", file=sys.stderr)
+        for _ in range(warmup):
+            for _, call in ways:
+                call(batch)
+        # Round robin, so that load from other processes falls on the three ways alike.
+        samples: dict[str, list[float]] = {label: [] for label, _ in ways}
+        for _ in range(repeats):
+            for label, call in ways:
+                start = time.perf_counter()
+                call(batch)
+                samples[label].append(time.perf_counter() - start)
+        for label, times in samples.items():
+            row[label], row[f"{label}_min"] = float(np.median(times)), float(min(times))
+            print(f"  {name} batch {batch_size} {label}: median {1000 * row[label]:.0f} ms, "
+                  f"min {1000 * row[label + '_min']:.0f} ms", file=sys.stderr)
         rows.append(row)
     slim = try_onnxslim(paths["crop"], rng.standard_normal((1, 3, crop, crop)).astype(np.float32), threads=threads,
                         repeats=max(1, repeats - 1))
@@ -95,14 +98,20 @@ def bench_model(name: str, batches: list[int], repeats: int, warmup: int, thread
 
 
 def print_table(rows: list[dict], threads: int) -> None:
-    print(f"\nLatency per call, median; {threads} threads; random weights, 150 classes "
-          f"(ratio = eager / ORT; ort+zoom = stride-8 logits + the pipeline's numpy zoom)\n")
-    header = f"{'model':<10} {'crop':>4} {'batch':>5} {'eager ms':>9} {'ORT ms':>8} {'ratio':>6} {'ort+zoom ms':>12} {'max|delta|':>11}"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"\nLatency per call in ms, median (min); {threads} threads; random weights, 150 classes; "
+          f"load average now {load:.1f}\n(ratio = eager / ORT, medians; ort+zoom = stride-8 logits + the pipeline's numpy zoom)\n")
+    header = (f"{'model':<10} {'crop':>4} {'batch':>5} {'eager':>13} {'ORT':>13} {'ratio':>6} {'ort+zoom':>13} "
+              f"{'max|delta|':>11}")
     print(header)
     print("-" * len(header))
+
+    def cell(r, key):
+        return f"{1000 * r[key]:.0f} ({1000 * r[key + '_min']:.0f})"
+
     for r in rows:
-        print(f"{r['model']:<10} {r['crop']:>4} {r['batch']:>5} {1000 * r['eager']:>9.0f} {1000 * r['ort']:>8.0f} "
-              f"{r['eager'] / r['ort']:>6.2f} {1000 * r['ort+zoom']:>12.0f} {r['delta']:>11.1e}")
+        print(f"{r['model']:<10} {r['crop']:>4} {r['batch']:>5} {cell(r, 'eager'):>13} {cell(r, 'ort'):>13} "
+              f"{r['eager'] / r['ort']:>6.2f} {cell(r, 'ort+zoom'):>13} {r['delta']:>11.1e}")
     print()
     for r in rows:
         slim = r.get("slim")
