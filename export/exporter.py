@@ -165,6 +165,12 @@ def file_sha256(path: Path) -> str:
 def _load_model(config, checkpoint: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     from training.models import CheckpointError, build_model, load_checkpoint
 
+    # The checkpoint replaces every weight: the ImageNet backbone file a training config names
+    # (initmodel/resnet50_v2.pth in the original configs) is neither needed nor read.
+    if hasattr(config, "merged"):
+        config = config.merged({"pretrained_backbone": None})
+    else:
+        config = {**config, "pretrained_backbone": None}
     try:
         model = build_model(config, aux=False)
     except (ValueError, KeyError) as exc:

@@ -130,3 +130,12 @@ def test_original_and_plain_checkpoints_export_the_same_model(psp_source, tmp_pa
     outputs = [ort.InferenceSession(str(r.path / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
                for r in (first, second)]
     np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
+def test_training_only_backbone_file_is_not_needed(psp_source, tmp_path):
+    # The original configs name ImageNet weights (initmodel/resnet50_v2.pth) for training; the
+    # checkpoint replaces every weight, so export must not try to read that file.
+    config = {**psp_source.config, "pretrained_backbone": str(tmp_path / "initmodel" / "resnet18_v2.pth")}
+    result = export_checkpoint(config, psp_source.checkpoint, tmp_path / "repo", name="m", max_batch_size=1,
+                               simplify=False)
+    assert result.version == 1 and result.metadata.config["pretrained_backbone"] == config["pretrained_backbone"]
