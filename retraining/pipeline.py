@@ -81,6 +81,12 @@ class _Run:
     def start(self, step: str) -> float:
         atomic_write_text(self.dir / "state.json", json.dumps({"step": step, "pid": os.getpid(), "time": time.time()}) + "\n")
         print(f"[pipeline] {step} ...", flush=True)
+        # Operators (and the kill-at-every-step tests) can freeze a run at the start of a step
+        # to inspect the repository or to kill it there.
+        if os.environ.get("SCENEPARSE_PIPELINE_HOLD") == step:
+            print(f"[pipeline] holding before {step} (SCENEPARSE_PIPELINE_HOLD)", flush=True)
+            while True:
+                time.sleep(3600)
         return time.perf_counter()
 
     def done(self, step: str, started: float, status: str = "ok") -> None:
@@ -174,6 +180,7 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
                               "policy": vars(request.policy), "steps": run.steps}
     deployed = _deployed(repo, request.name)
     report["deployed_version"] = deployed.version if deployed else None
+    report["published_version"] = None
     report["deployed_metrics"] = deployed.metrics if deployed else None
     class_names: list[str] = deployed.classes if deployed else []
     outcome = PipelineOutcome("failed", run.dir, report)

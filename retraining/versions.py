@@ -92,5 +92,6 @@ def apply_retention(repository: ModelRepository, name: str, keep_last: int) -> l
             deleted.append(version)
         config = directory / CONFIG_FILE
         if config.is_file():
-            atomic_write_text(config, set_version_policy(config.read_text(), len(keep)))
+            # Every retained version stays loadable, and at least keep_last once that many exist.
+            atomic_write_text(config, set_version_policy(config.read_text(), max(keep_last, len(keep))))
     return deleted
