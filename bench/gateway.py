@@ -243,9 +243,13 @@ def main(argv: list[str] | None = None) -> int:
                     after = stage_seconds(url)
                     gateway_times.append(seconds)
                     inference.append(after["inference"] - before["inference"])
+                    # Idle thread pools spin for a while after their work (OpenMP, ONNX Runtime):
+                    # let them settle so that neither way runs beside the other's spinning.
+                    time.sleep(1.0)
                     start = time.perf_counter()
                     eager_label = eager(image)
                     eager_times.append(time.perf_counter() - start)
+                    time.sleep(1.0)
                     print(f"  round {round_ + 1}: gateway {seconds:.2f} s (model {inference[-1]:.2f} s), "
                           f"eager {eager_times[-1]:.2f} s", file=sys.stderr)
                 stages = {k: v - before.get(k, 0.0) for k, v in after.items()}

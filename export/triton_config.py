@@ -126,9 +126,14 @@ class TritonModelConfig:
     def _onnx_settings(self) -> list[str]:
         lines = [
             # No TensorRT accelerator (building engines needs more than a 4 GB card spares) and no
-            # CUDA graphs (they pin one graph per batch size in GPU memory).
+            # CUDA graphs (they pin one graph per batch size in GPU memory). The "cuda" accelerator
+            # entry only passes options to the CUDA execution provider: cuDNN may then take 32 MiB
+            # of workspace instead of whatever is free, as the gateway's own sessions do.
             "optimization {",
             "  cuda { graphs: false }",
+            "  execution_accelerators {",
+            '    gpu_execution_accelerator: [ { name: "cuda" parameters { key: "cudnn_conv_use_max_workspace" value: "0" } } ]',
+            "  }",
             "}",
         ]
         # Model-level parameters the onnxruntime backend passes to the CUDA execution provider.

@@ -97,8 +97,8 @@ def compare_logits(
 ) -> dict[str, float]:
     """Compare two (N, C, h, w) logit arrays.
 
-    Returns max |delta|, `tolerance_used` (the largest |delta| / (atol + rtol*|reference|), <= 1
-    passes), argmax agreement and the tie-aware (decisive) agreement.
+    Returns max |delta|, `tolerance_used` (the largest |delta| / (atol + rtol * max|reference of
+    that image|), <= 1 passes), argmax agreement and the tie-aware (decisive) agreement.
     """
     reference = np.asarray(reference, dtype=np.float32)
     candidate = np.asarray(candidate, dtype=np.float32)
@@ -107,12 +107,16 @@ def compare_logits(
     if not np.isfinite(candidate).all():
         raise VerificationError("exported output contains NaN or Inf")
     delta = np.abs(reference - candidate)
-    allowed = atol + rtol * np.abs(reference)
+    # fp32 rounding accumulates through the whole network, so its size follows the magnitude of
+    # the image's logits as a whole, not that of each logit: a near-zero logit of an image whose
+    # logits reach 25 carries the same absolute rounding as the large ones.
+    scale = np.abs(reference).max(axis=tuple(range(1, reference.ndim)), keepdims=True)
+    allowed = atol + rtol * scale
     ref_label = reference.argmax(axis=1)
     agree = ref_label == candidate.argmax(axis=1)
     top2 = np.partition(reference, -2, axis=1)[:, -2:]  # classes >= 2 for every segmentation model
     margin = top2.max(axis=1) - top2.min(axis=1)
-    decisive = margin > 2 * (atol + rtol * np.abs(top2).max(axis=1))
+    decisive = margin > 2 * allowed[:, 0]
     return {
         "max_abs_delta": float(delta.max()),
         "tolerance_used": float((delta / allowed).max()),

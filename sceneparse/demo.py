@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from serving.repository import ModelRepository, RepositoryError
@@ -16,8 +17,13 @@ from serving.repository import ModelRepository, RepositoryError
 DEMO_CONFIG = "synthetic/synthetic_pspnet18"
 
 
-def build_demo(repository: Path, workdir: Path, name: str = "demo", force: bool = False) -> bool:
-    """Build and publish the demo model; returns False when the repository already has a model."""
+def build_demo(repository: Path, workdir: Path, name: str = "demo", force: bool = False,
+               synthetic_args: Sequence[str] = (), overrides: Sequence[str] = ()) -> bool:
+    """Build and publish the demo model; returns False when the repository already has a model.
+
+    `synthetic_args` go to make-synthetic (`--train 50`), `overrides` (KEY VALUE) to the
+    training config; both default to the demo as `make serve` builds it.
+    """
     from sceneparse.cli import main as sceneparse
 
     repo = ModelRepository(repository)
@@ -29,7 +35,7 @@ def build_demo(repository: Path, workdir: Path, name: str = "demo", force: bool 
 
     data, run = workdir / "synthetic", workdir / "run"
     print(f"building the demo model in {workdir} (synthetic data, tiny PSPNet, a few minutes on a CPU)")
-    if sceneparse(["make-synthetic", "--out", str(data)]) != 0:
+    if sceneparse(["make-synthetic", "--out", str(data), *synthetic_args]) != 0:
         raise RuntimeError("demo step failed: make-synthetic")
     # List files are read relative to the working directory (as in the original), so the demo
     # writes one resolved config that train and export both read.
@@ -37,7 +43,7 @@ def build_demo(repository: Path, workdir: Path, name: str = "demo", force: bool 
         "data_root", str(data), "train_list", str(data / "list" / "train.txt"),
         "val_list", str(data / "list" / "val.txt"), "test_list", str(data / "list" / "val.txt"),
         "names_path", str(data / "synthetic_names.txt"), "colors_path", str(data / "synthetic_colors.txt"),
-        "save_path", str(run)])
+        "save_path", str(run), *overrides])
     config = workdir / "demo.yaml"
     config.write_text(cfg.to_yaml())
     steps = [

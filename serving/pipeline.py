@@ -7,12 +7,13 @@ This is the original project's test protocol, written once in numpy so that the 
 - pad it to at least the crop with the mean (zero after normalisation), centred;
 - slide a crop window with stride ceil(crop * stride_rate) (2/3 in the original);
 - each window's softmax (and, with flip, the mirrored window's softmax mirrored back) is averaged
-  over the overlaps;
+  over the overlaps (the softmax runs in ONNX Runtime, see serving/softmax.py);
 - the padding is cut off, the probabilities are resized back to the image size, averaged over
   scales, and the argmax is the label.
 
 Unlike the original, all windows (and their flips) of all scales are sent to the runner in as few
-calls as its `max_batch_size` allows. Arrays are float32 throughout.
+calls as its `max_batch_size` allows. Arrays are float32 throughout; probabilities are kept as
+(h, w, classes), so that sums and the final argmax run over contiguous class vectors.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
+
+from serving.softmax import channel_softmax_nhwc
 
 
 class Runner(Protocol):
@@ -128,7 +131,7 @@ def resize_bilinear(array: np.ndarray, size: tuple[int, int], align_corners: boo
 
 
 def softmax_channels(logits: np.ndarray) -> np.ndarray:
-    """Softmax over axis 1 of (N, C, h, w), in place where possible."""
+    """Softmax over axis 1 of (N, C, h, w) in numpy (a reference; the pipeline uses serving.softmax)."""
     logits = logits - logits.max(axis=1, keepdims=True)
     np.exp(logits, out=logits)
     logits /= logits.sum(axis=1, keepdims=True)
@@ -185,13 +188,14 @@ def predict_probabilities(
         levels.append((normalised, (top, left, new_h, new_w), origins))
     jobs = [(level, oy, ox, flipped) for level, (_, _, origins) in enumerate(levels)
             for oy, ox in origins for flipped in ((False, True) if options.flip else (False,))]
-    sums = [np.zeros((classes,) + lvl[0].shape[1:], dtype=np.float32) for lvl in levels]
+    sums = [np.zeros(lvl[0].shape[1:] + (classes,), dtype=np.float32) for lvl in levels]
     counts = [np.zeros(lvl[0].shape[1:], dtype=np.float32) for lvl in levels]
     stats.tiles += len(jobs)
     stats.seconds["preprocess"] += time.perf_counter() - tick
 
-    # 2. Inference in batches of at most max_batch_size, accumulated as soon as they return.
-    weight = 0.5 if options.flip else 1.0
+    # 2. Inference in batches of at most max_batch_size, accumulated as soon as they return. A
+    # window and its flip are summed unweighted; the division by 2 x (windows covering a pixel)
+    # at the end is the original's (flip average) / count.
     batch_size = max(1, int(runner.max_batch_size))
     for start in range(0, len(jobs), batch_size):
         chunk = jobs[start:start + batch_size]
@@ -211,20 +215,21 @@ def predict_probabilities(
         if logits.shape[2:] != (crop_h, crop_w):
             logits = resize_bilinear(logits.transpose(2, 3, 0, 1), (crop_h, crop_w), align_corners=True)
             logits = np.ascontiguousarray(logits.transpose(2, 3, 0, 1))
-        probs = softmax_channels(logits)
+        probs = channel_softmax_nhwc(logits)  # (N, crop_h, crop_w, classes)
         for i, (level, oy, ox, flipped) in enumerate(chunk):
-            p = probs[i][:, :, ::-1] if flipped else probs[i]
-            sums[level][:, oy:oy + crop_h, ox:ox + crop_w] += weight * p
+            p = probs[i][:, ::-1] if flipped else probs[i]
+            sums[level][oy:oy + crop_h, ox:ox + crop_w] += p
             if not flipped:
                 counts[level][oy:oy + crop_h, ox:ox + crop_w] += 1.0
         stats.seconds["stitch"] += time.perf_counter() - tick
 
     # 3. Stitch: average overlaps, cut the padding, back to the image size, average scales.
     tick = time.perf_counter()
+    passes = 2.0 if options.flip else 1.0
     total = np.zeros((height, width, classes), dtype=np.float32)
     for level, (_, (top, left, new_h, new_w), _) in enumerate(levels):
-        averaged = sums[level] / counts[level][None]
-        averaged = averaged[:, top:top + new_h, left:left + new_w].transpose(1, 2, 0)
+        inverse = 1.0 / (passes * counts[level][top:top + new_h, left:left + new_w, None])
+        averaged = sums[level][top:top + new_h, left:left + new_w] * inverse
         total += resize_bilinear(averaged, (height, width))
     total /= len(levels)
     stats.seconds["stitch"] += time.perf_counter() - tick

@@ -50,6 +50,11 @@ class ModelNotFoundError(RepositoryError):
     """The named model (or version) does not exist in the repository."""
 
 
+# What one config.pbtxt fixes for every version of a model (Triton reads one per model).
+TENSOR_CONTRACT = ("platform", "input_name", "output_name", "crop_h", "crop_w", "num_classes", "output_hw",
+                   "precision", "max_batch_size")
+
+
 @dataclass
 class ModelMetadata:
     """Everything a deployed model needs, stored with each version as `sceneparse.json`.
@@ -240,6 +245,18 @@ class ModelRepository:
         used = [int(c.name) for c in directory.iterdir() if c.name.isdigit()] if directory.is_dir() else []
         return max(used, default=0) + 1
 
+    def _check_tensor_contract(self, name: str, meta: ModelMetadata) -> None:
+        versions = self.list_versions(name)
+        if not versions:
+            return
+        newest = self.read_metadata(name, versions[-1])
+        changed = [f"{key} {getattr(newest, key)!r} -> {getattr(meta, key)!r}" for key in TENSOR_CONTRACT
+                   if getattr(newest, key) != getattr(meta, key)]
+        if changed:
+            raise RepositoryError(
+                f"model {name!r}: the new version changes the tensor contract that its versions share in "
+                f"{CONFIG_FILE} ({'; '.join(changed)}); publish it under another model name")
+
     def publish_version(
         self,
         name: str,
@@ -252,8 +269,13 @@ class ModelRepository:
 
         `populate(staging_dir)` writes the model files into `staging_dir` and returns the
         metadata; `model_files` (file name -> text) are model-level files such as
-        config.pbtxt, labels.txt and colors.txt, replaced atomically after the version lands.
+        config.pbtxt, labels.txt and colors.txt, each replaced atomically once the version is
+        complete in staging and just before it is renamed into place.
         Returns (version, path). Never overwrites an existing version.
+
+        All versions of a model share one config.pbtxt, so Triton loads every retained version
+        with the newest one's tensor names, shapes and types: a version whose tensor contract
+        differs from the newest published version's is refused (publish it under another name).
         """
         self.check_root(create=True)
         directory = self.model_dir(name)
@@ -273,6 +295,7 @@ class ModelRepository:
                 meta = populate(staging)
                 meta.name, meta.version = name, number
                 meta.validate(source=f"{name} v{number}")
+                self._check_tensor_contract(name, meta)
                 atomic_write_text(staging / METADATA_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
                 _fsync_tree(staging)
                 for file_name, text in (model_files or {}).items():

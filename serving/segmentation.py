@@ -87,11 +87,16 @@ def segment_image(
 
     When the long side exceeds `options.max_side` the image is shrunk for inference and the label
     map is brought back with nearest neighbour, so the result always has the input's size.
+    `max_side` never goes below the model's base_size: the pipeline brings every image to that
+    long side (times each scale) anyway, so shrinking it further would only lose detail, and an
+    image of the dataset's own size (Cityscapes 2048x1024, base_size 2048) gets exactly the
+    label map that evaluation writes for it.
     """
     stats = stats if stats is not None else PipelineStats()
     spec = spec or PipelineSpec.from_metadata(meta)
     height, width = image.shape[:2]
-    small_size = inference_size(height, width, options.max_side)
+    max_side = max(options.max_side, spec.base_size) if options.max_side else None
+    small_size = inference_size(height, width, max_side)
     small = image
     if small_size != (height, width):
         tick = time.perf_counter()

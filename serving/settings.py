@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     # --- request limits ------------------------------------------------------------------------
     max_body_bytes: int = Field(20 * MB, ge=1024, description="largest request body (also when chunked)")
     max_pixels: int = Field(40_000_000, ge=1, description="largest image width*height, checked before decoding")
-    max_side: int = Field(1024, ge=32, description="images are downscaled to this long side for inference")
+    max_side: int = Field(1024, ge=32, description="images are downscaled to this long side for inference (never below the model's base_size)")
     max_side_limit: int = Field(2048, ge=32, description="largest max_side a request may ask for")
     max_scales: int = Field(6, ge=1, description="most test scales one request may ask for")
     workers: int = Field(2, ge=1, description="requests processed at once (decode, inference, encode)")

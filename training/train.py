@@ -253,7 +253,9 @@ def check_config(cfg: Any) -> None:
 def _build_model(cfg: Any) -> nn.Module:
     from training.models import build_model
 
-    model = build_model(cfg, aux=True)
+    # A checkpoint to start from (weight) or to continue (resume) replaces every weight, so the
+    # config's ImageNet backbone file is neither needed nor read then.
+    model = build_model(cfg, aux=True, backbone_weights=not (cfg.weight or cfg.resume))
     if cfg.label_scale == 8:
         # 1/8 label guidance (the original FAQ's faster option): keep the logits at stride 8 while
         # training, and subsample the labels to them; the saved config keeps its zoom_factor.
@@ -576,6 +578,12 @@ def run_training(cfg: Any, cpu_processes: int = 1) -> dict[str, Any]:
         gpus = []
     if du.launched_by_torchrun():
         return main_worker(None, cfg)
+    if int(cfg.get("world_size", 1) or 1) > 1:
+        # The original's world_size counts nodes; spawned workers here only ever span this machine.
+        raise ValueError(
+            f"config key world_size={cfg.world_size} asks for several nodes: launch with torchrun on each node "
+            "(torchrun --nnodes N --node_rank R --nproc_per_node G --master_addr HOST -m training.train ...), "
+            "see docs/training.md")
     nprocs = len(gpus) if gpus and cfg.multiprocessing_distributed else (1 if gpus else cpu_processes)
     if nprocs <= 1:
         return main_worker(None, cfg)

@@ -42,7 +42,8 @@ def test_onnx_config_carries_the_small_gpu_settings():
     assert params["arena_extend_strategy"] == "1"  # kSameAsRequested: no power-of-two growth
     assert params["gpu_mem_limit"] == str(3 << 30)
     assert config.optimization.cuda.graphs is False
-    assert not config.optimization.execution_accelerators.gpu_execution_accelerator  # no TensorRT
+    (accelerator,) = config.optimization.execution_accelerators.gpu_execution_accelerator  # no TensorRT
+    assert accelerator.name == "cuda" and dict(accelerator.parameters) == {"cudnn_conv_use_max_workspace": "0"}
 
 
 def test_instance_kind_and_batch_size_one():

@@ -48,6 +48,11 @@ def test_tolerance_grows_with_the_logits_magnitude():
     # 2e-4 is beyond 1e-4 + 1e-5 * 0.5 but within 1e-4 + 1e-5 * 50.
     assert compare_logits(small, small + 2e-4)["tolerance_used"] > 1.0
     assert compare_logits(large, large + 2e-4)["tolerance_used"] < 1.0
+    # Rounding follows the image's logit range: a near-zero logit beside large ones gets the same bound.
+    mixed = large.copy()
+    mixed[0, 0, 0, 0] = 0.01
+    assert compare_logits(mixed, mixed + 2e-4)["tolerance_used"] < 1.0
+    assert compare_logits(mixed, mixed + 1e-3)["tolerance_used"] > 1.0
     inputs = {"b1": np.ones((1, 3, 2, 2), np.float32)}
     assert not measure_parity(lambda b: small, {"onnxruntime": lambda b: small + 2e-4}, inputs)["passed"]
     assert measure_parity(lambda b: large, {"onnxruntime": lambda b: large + 2e-4}, inputs)["passed"]

@@ -120,6 +120,19 @@ def test_max_side_downscales_inference_but_not_the_mask(client, scene):
     assert png_array(label.content).shape == (300, 400)
 
 
+def test_max_side_never_shrinks_below_the_models_base_size(client, gateway_source_repository, model_name, scene):
+    # The pipeline scales every image to base_size anyway: a smaller max_side must not cost detail.
+    side = gateway_source_repository.read_metadata(model_name).base_size
+    assert side > 40
+    image = np.asarray(Image.fromarray(scene).resize((side, side * 3 // 4), Image.Resampling.NEAREST))
+    shrunk = client.post("/v1/segment", params={"model": model_name, "output": "label", "max_side": 32},
+                         content=encode(image))
+    full = client.post("/v1/segment", params={"model": model_name, "output": "label", "max_side": 2048},
+                       content=encode(image))
+    assert shrunk.status_code == full.status_code == 200
+    np.testing.assert_array_equal(png_array(shrunk.content), png_array(full.content))
+
+
 def test_scales_and_flip_change_the_work_done(client, scene):
     def tiles(**params) -> int:
         response = client.post("/v1/segment", params={"output": "json", **params}, content=encode(scene))
@@ -207,7 +220,13 @@ def test_openapi_docs_and_web_page(client):
     assert "multipart/form-data" in body
     assert set(spec["components"]["securitySchemes"]) == {"APIKeyHeader", "HTTPBearer"}  # /docs "Authorize"
     assert "security" not in spec["paths"]["/healthz"]["get"]
-    assert "swagger" in client.get("/docs").text.lower()
+    docs = client.get("/docs").text
+    assert "swagger" in docs.lower() and "/docs/assets/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()
+    script = client.get("/docs/assets/swagger-ui-bundle.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert len(script.content) > 100_000
+    assert client.get("/docs/assets/swagger-ui.css").headers["content-type"].startswith("text/css")
+    assert client.get("/docs/assets/app.js").status_code == 404
     page = client.get("/")
     assert page.status_code == 200 and 'id="dropzone"' in page.text
     assert client.get("/static/app.js").headers["content-type"].startswith("text/javascript")

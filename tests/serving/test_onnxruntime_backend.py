@@ -102,8 +102,10 @@ def test_fp16_model_gets_cast_input_and_float32_logits(writable_repository, mode
         with_fp16_io(source, staging / "model.onnx", meta.input_name, meta.output_name)
         return ModelMetadata.from_dict(meta.to_dict() | {"precision": "fp16", "files": {"onnx": "model.onnx"}})
 
-    version, _ = repository.publish_version(model_name, populate)
-    fp16_meta = repository.read_metadata(model_name, version)
+    # A model's versions share one config.pbtxt, so the fp16 graph is a model of its own.
+    fp16_name = f"{model_name}_fp16"
+    version, _ = repository.publish_version(fp16_name, populate)
+    fp16_meta = repository.read_metadata(fp16_name, version)
     runner = OnnxRuntimeBackend(device="cpu", threads=1).open(repository, fp16_meta)
     assert runner.input_dtype == np.float16
     batch = random_batch(meta, 2, seed=1)

@@ -63,6 +63,27 @@ def test_failed_populate_leaves_nothing_visible(tmp_path):
     assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["1"]
 
 
+@pytest.mark.parametrize("change", [{"precision": "fp16"}, {"crop_h": 97}, {"max_batch_size": 4},
+                                    {"output_hw": [9, 9]}, {"classes": ["a", "b", "c"], "palette": [[0, 0, 0]] * 3}])
+def test_a_version_that_changes_the_shared_tensor_contract_is_refused(tmp_path, change):
+    """Triton reads one config.pbtxt for all versions: they must share tensor names, shapes and types."""
+    repo = ModelRepository(tmp_path)
+    repo.publish_version("seg", _populate, {"config.pbtxt": "v1 config\n"})
+
+    def different(staging):
+        (staging / "model.onnx").write_bytes(b"onnx")
+        return _metadata(**change)
+
+    with pytest.raises(RepositoryError, match=f"changes the tensor contract.*{next(iter(change))}"):
+        repo.publish_version("seg", different, {"config.pbtxt": "v2 config\n"})
+    assert repo.list_versions("seg") == [1]
+    assert (tmp_path / "seg" / "config.pbtxt").read_text() == "v1 config\n"  # untouched
+    assert repo.publish_version("seg_variant", different)[0] == 1  # fine as a model of its own
+    # Everything else (weights, metrics, scales, checkpoint) may change between versions.
+    assert repo.publish_version("seg", lambda st: _populate(st) and _metadata(test_scales=[0.5, 1.0],
+                                                                               metrics={"mIoU": 0.5}))[0] == 2
+
+
 def test_invalid_metadata_is_refused(tmp_path):
     repo = ModelRepository(tmp_path)
     with pytest.raises(RepositoryError, match="palette has 1 colours for 2 classes"):

@@ -134,3 +134,16 @@ def test_dropping_an_image_on_the_page_segments_it(browser, gateway):
     page.wait_for_function("document.getElementById('mask').naturalWidth === 42")
     assert "42×30" in page.text_content("#status")
     page.close()
+
+
+def test_api_docs_render_with_no_network(browser, gateway):
+    """Swagger UI at /docs comes from the gateway itself: every request the page makes stays local."""
+    page = browser.new_page()
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
+    page.goto(gateway.url + "/docs")
+    page.wait_for_selector("#swagger-ui .opblock-summary-path", timeout=30_000)
+    paths = page.eval_on_selector_all(".opblock-summary-path", "nodes => nodes.map(n => n.textContent.trim())")
+    assert "/v1/segment" in paths
+    page.close()
+    assert requested and all(url.startswith(gateway.url) for url in requested), requested

@@ -63,7 +63,9 @@ def test_two_iterations_write_a_complete_checkpoint_in_the_original_layout(synth
     for name in ("last.pth", "final.pth", "train_epoch_1.pth", "training_curves.png"):
         assert (run / name).is_file(), name
     assert (run / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert list(run.glob("events.out.tfevents.*")), "no TensorBoard event file"
+    scalars = _tensorboard_scalars(run)
+    assert {"train/loss", "train/aux_loss", "train/lr", "epoch/mIoU", "epoch/mAcc", "epoch/aAcc"} <= set(scalars)
+    assert list(scalars["train/lr"]) == [1, 2] and list(scalars["epoch/mIoU"]) == [1]
     assert not list(run.glob(".tmp-*")), "temporary files left behind"
 
     checkpoint = torch.load(run / "final.pth", map_location="cpu", weights_only=True)
@@ -88,6 +90,7 @@ def test_two_iterations_write_a_complete_checkpoint_in_the_original_layout(synth
     metrics = checkpoint["metrics"]
     assert math.isfinite(metrics["loss"]) and metrics["loss"] > 0
     assert 0.0 <= metrics["mIoU"] <= 1.0 and 0.0 <= metrics["aAcc"] <= 1.0
+    assert scalars["epoch/mIoU"][1] == pytest.approx(metrics["mIoU"])
     assert len(checkpoint["rng"]) == 1 and checkpoint["rng"][0]["torch"].dtype == torch.uint8
 
     # The project's own loader reads it, and the model then segments a crop.
@@ -95,6 +98,43 @@ def test_two_iterations_write_a_complete_checkpoint_in_the_original_layout(synth
     load_checkpoint(model, run / "final.pth")
     logits = model.eval()(torch.randn(1, 3, CROP, CROP))
     assert logits.shape == (1, cfg.classes, CROP, CROP) and torch.isfinite(logits).all()
+
+
+def _tensorboard_scalars(run: Path) -> dict[str, dict[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars: dict[str, dict[int, float]] = {}
+    for path in sorted(run.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(path))
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, {}).update({e.step: e.value for e in accumulator.Scalars(tag)})
+    return scalars
+
+
+def test_weight_and_resume_need_no_imagenet_backbone_file(synthetic_dataset, tmp_path):
+    """The shipped configs name initmodel/resnet*_v2.pth; a checkpoint to start from replaces it."""
+    first = _overrides(synthetic_dataset, tmp_path, samples=2)
+    assert main(["--config", CONFIG, *first]) == 0
+    missing = str(tmp_path / "initmodel" / "resnet18_v2.pth")
+    fine_tune = _overrides(synthetic_dataset, tmp_path, samples=2, save_path=tmp_path / "ft",
+                           pretrained_backbone=missing, weight=tmp_path / "run" / "final.pth")
+    assert main(["--config", CONFIG, *fine_tune]) == 0
+    resumed = _overrides(synthetic_dataset, tmp_path, samples=2, epochs=2, pretrained_backbone=missing,
+                         resume=tmp_path / "run" / "last.pth")
+    assert main(["--config", CONFIG, *resumed]) == 0
+    assert torch.load(tmp_path / "run" / "final.pth", weights_only=True)["epoch"] == 2
+    # Without a checkpoint the backbone file is read, and its absence is a clear error.
+    scratch = _overrides(synthetic_dataset, tmp_path, samples=2, save_path=tmp_path / "scratch",
+                         pretrained_backbone=missing)
+    assert main(["--config", CONFIG, *scratch]) != 0
+
+
+def test_several_nodes_outside_torchrun_is_a_clear_error(synthetic_dataset, tmp_path, capsys):
+    overrides = _overrides(synthetic_dataset, tmp_path, samples=2, world_size=2)
+    assert main(["--config", CONFIG, *overrides]) != 0
+    err = capsys.readouterr().err
+    assert "world_size=2" in err and "torchrun" in err
 
 
 def test_label_scale_8_and_frozen_bn(synthetic_dataset, tmp_path):

@@ -13,7 +13,17 @@ from serving.api.deps import PageKey
 from serving.api.errors import ApiError
 
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
-_MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+_MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml",
+                ".png": "image/png"}
+# Swagger UI's script and style ship inside the fastapi-offline wheel, so /docs works with no network
+# (FastAPI's default page loads them from a CDN).
+SWAGGER_ASSETS = ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")
+
+
+def swagger_assets_dir() -> Path:
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).resolve().parent / "static"
 
 router = APIRouter(dependencies=[PageKey], include_in_schema=False)
 
@@ -39,4 +49,15 @@ async def openapi(request: Request) -> dict[str, Any]:
 
 @router.get("/docs")
 async def docs(request: Request) -> HTMLResponse:
-    return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{request.app.title} - API")
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json", title=f"{request.app.title} - API",
+        swagger_js_url="/docs/assets/swagger-ui-bundle.js", swagger_css_url="/docs/assets/swagger-ui.css",
+        swagger_favicon_url="/docs/assets/favicon.png")
+
+
+@router.get("/docs/assets/{file_name}")
+async def docs_asset(file_name: str) -> FileResponse:
+    if file_name not in SWAGGER_ASSETS:
+        raise ApiError(404, "not_found", f"no documentation asset {file_name!r}")
+    path = swagger_assets_dir() / file_name
+    return FileResponse(path, media_type=_MEDIA_TYPES[path.suffix])
