@@ -36,10 +36,11 @@ def plot_class_iou(path: Path, class_names: list[str], candidate: dict, deployed
     else:
         ax.bar(x, np.nan_to_num(new), 0.6, label=f"candidate (mIoU {_fmt(candidate.get('mIoU'))})", color="#2f80ed")
     ax.set_xticks(x, names, rotation=45, ha="right")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.15)  # headroom above 1.0 keeps the legend off the bars
+    ax.set_yticks([0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("IoU")
     ax.set_title("Per-class IoU: candidate vs deployed")
-    ax.legend(loc="lower right")
+    ax.legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -393,12 +393,13 @@ def test_shipped_configs_keep_the_original_hyper_parameters(name):
 
 
 def test_synthetic_configs_are_tiny_cpu_configs():
-    for name, arch in (("synthetic_pspnet18", "psp"), ("synthetic_psanet18", "psa")):
+    # The PSPNet's 7x7 stem keeps its training bench under 5 minutes on 2 cores.
+    for name, arch, deep_stem in (("synthetic_pspnet18", "psp", False), ("synthetic_psanet18", "psa", True)):
         cfg = load_config(config_path(name))
         assert (cfg.arch, cfg.layers, cfg.deep_stem, cfg.classes, cfg.dataset) == (
             arch,
             18,
-            True,
+            deep_stem,
             6,
             "synthetic",
         )

@@ -82,6 +82,26 @@ def test_every_model_builds_and_gives_shapes_in_eval_and_train(name):
     assert model.state_dict()["aux.0.weight"].shape == (256, trunk // 2, 3, 3)
 
 
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_runs_for_real_and_traces(name):
+    # Real weights and compute at a tiny input (17x17, so ResNet-152 stays quick): train-mode
+    # (main, aux) on 2 images (BN needs two values per channel in the 1x1 pyramid bin), eval
+    # logits, and a trace that reproduces the eager logits.
+    torch.manual_seed(0)
+    model = get_model_builder(name)(**_builder_kwargs(name, crop=17))
+    model.train()
+    main, aux = model(torch.randn(2, 3, 17, 17))
+    assert main.shape == aux.shape == (2, CLASSES, 17, 17) and torch.isfinite(main).all()
+    x = torch.randn(1, 3, 17, 17)
+    model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logits = model(x)
+        traced = torch.jit.trace(model, x)
+        torch.testing.assert_close(traced(x), logits, rtol=1e-4, atol=1e-4)
+    assert logits.shape == (1, CLASSES, 17, 17)
+
+
 # --- real forward passes at depth 18 -----------------------------------------------------------------
 
 
