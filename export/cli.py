@@ -22,6 +22,11 @@ def _formats(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+# Options of one export; a manifest carries them per entry (or in its defaults) instead.
+PER_EXPORT_OPTIONS = ("name", "format", "version", "fp16", "max_batch_size", "opset", "logits", "simplify",
+                      "num_versions", "instance_kind")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sceneparse export",
@@ -109,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--checkpoint is required with --config")
     if args.manifest and args.checkpoint:
         parser.error("--checkpoint goes with --config; a manifest names its own checkpoints")
+    if args.manifest:
+        # Per-export options would be silently ignored: a manifest's entries and defaults set them.
+        defaults = parser.parse_args(["--manifest", args.manifest])  # defaults after type conversion
+        given = [f"--{dest.replace('_', '-')}" for dest in PER_EXPORT_OPTIONS
+                 if getattr(args, dest) != getattr(defaults, dest)]
+        if given:
+            parser.error(f"{', '.join(given)} go(es) with --config; with --manifest, set them in the "
+                         "manifest's defaults or entries")
     if args.threads:
         import torch
 

@@ -8,6 +8,8 @@ is 1 when any file failed.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -74,8 +76,17 @@ def predict_files(
                 continue
             label = segment_image(image, runner, meta, options, spec=spec)
             target = out_dir / relative
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(render_png(output, image, label, meta, alpha))
+            partial = target.with_name(f".{target.name}.partial")
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # Through a temporary file: an interrupted run never leaves a truncated PNG behind.
+                partial.write_bytes(render_png(output, image, label, meta, alpha))
+                os.replace(partial, target)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    partial.unlink()
+                failures[source] = f"cannot write {target}: {exc}"
+                tqdm.write(f"sceneparse predict: skipped {source}: cannot write {target}: {exc}", file=sys.stderr)
     finally:
         runner.close()
     return failures

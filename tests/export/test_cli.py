@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from export.cli import main
@@ -92,6 +93,17 @@ def test_manifest_errors_name_the_line_and_key(psp_source, tmp_path, capsys):
     assert_one_line_error(code, capsys.readouterr().err, "invalid YAML")
     code = main(["--manifest", str(tmp_path / "absent.yaml"), "--quiet"])
     assert_one_line_error(code, capsys.readouterr().err, "absent.yaml", "no such file")
+
+
+@pytest.mark.parametrize("option", [["--fp16"], ["--format", "onnx,torchscript"], ["--max-batch-size", "2"],
+                                    ["--name", "x"], ["--opset", "13"]])
+def test_per_export_options_with_a_manifest_are_refused_not_ignored(option, tmp_path, capsys):
+    manifest = tmp_path / "exports.yaml"
+    manifest.write_text("exports: []\n")
+    with pytest.raises(SystemExit) as exited:
+        main(["--manifest", str(manifest), *option])
+    assert exited.value.code == 2
+    assert option[0] in capsys.readouterr().err
 
 
 def test_manifest_paths_and_defaults(psp_source, tmp_path):

@@ -84,3 +84,17 @@ def test_usage_errors_are_one_line(gateway_source_repository, model_name, tmp_pa
         assert predict.main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and message in err, err
+
+
+def test_an_unwritable_output_is_reported_and_the_rest_still_written(gateway_source_repository, model_name,
+                                                                    inputs, tmp_path, capsys):
+    folder, _ = inputs
+    out = tmp_path / "out"
+    (out / "a.png").mkdir(parents=True)  # a folder where a.png's mask would go: that one write fails
+    code = predict.main(["--model", model_name, "--repository", str(gateway_source_repository.root),
+                         "--out", str(out), "--no-progress", str(folder)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "a.png" in err
+    assert (out / "street" / "a.png").is_file()
+    assert not list(out.rglob(".*.partial"))
