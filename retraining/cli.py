@@ -40,7 +40,8 @@ def pipeline_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--keep-last", type=int, default=3, help="versions to keep (and Triton's version_policy)")
     parser.add_argument("--runs", type=Path, default=Path("runs/pipeline"), help="where run folders and reports go")
     parser.add_argument("--cpu-processes", type=int, default=1, help="gloo processes when training on the CPU")
-    parser.add_argument("--max-batch-size", type=int, default=4, help="exported model's max batch size")
+    parser.add_argument("--max-batch-size", type=int, default=None,
+                        help="exported model's max batch size (default: the deployed version's, else 4)")
     parser.add_argument("--dry-run", action="store_true", help="train, evaluate, gate and export; publish nothing")
     _notify_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="training config overrides: KEY VALUE ...")

@@ -55,7 +55,7 @@ class PipelineRequest:
     triton_protocol: str = "http"
     cpu_processes: int = 1
     formats: tuple[str, ...] = ("onnx",)
-    max_batch_size: int = 4
+    max_batch_size: int | None = None  # None: the deployed version's (a model's versions share it), else 4
 
 
 @dataclass
@@ -100,6 +100,13 @@ def _deployed(repo: ModelRepository, name: str) -> ModelMetadata | None:
         raise
     except FileNotFoundError:
         return None
+
+
+def _max_batch_size(request: PipelineRequest, deployed: ModelMetadata | None) -> int:
+    # All versions of a model share one config.pbtxt, max_batch_size included.
+    if request.max_batch_size is not None:
+        return request.max_batch_size
+    return deployed.max_batch_size if deployed else 4
 
 
 def _training_config(request: PipelineRequest, run: _Run, deployed: ModelMetadata | None):
@@ -220,7 +227,7 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
         from export.exporter import export_checkpoint
 
         staged = export_checkpoint(cfg, checkpoint, run.dir / "staged_repository", name=request.name,
-                                   formats=request.formats, max_batch_size=request.max_batch_size,
+                                   formats=request.formats, max_batch_size=_max_batch_size(request, deployed),
                                    num_versions=request.keep_last, metrics=report["candidate_metrics"])
         report["parity"] = staged.parity
         run.done("export", started)

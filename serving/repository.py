@@ -249,7 +249,10 @@ class ModelRepository:
         versions = self.list_versions(name)
         if not versions:
             return
-        newest = self.read_metadata(name, versions[-1])
+        try:
+            newest = self.read_metadata(name, versions[-1])
+        except RepositoryError:
+            return  # an unreadable version is not served either: nothing to stay compatible with
         changed = [f"{key} {getattr(newest, key)!r} -> {getattr(meta, key)!r}" for key in TENSOR_CONTRACT
                    if getattr(newest, key) != getattr(meta, key)]
         if changed:

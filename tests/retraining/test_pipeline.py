@@ -119,3 +119,14 @@ def test_killed_at_any_step_leaves_the_repository_valid(step, deployed, tmp_path
         assert repo.model_file("syn", version).stat().st_size > 1000 and meta.version == version
     visible = [p.name for p in (repo_dir / "syn").iterdir() if not p.name.startswith(".")]
     assert sorted(visible) == sorted(["config.pbtxt", "labels.txt", "colors.txt", *map(str, expected)])
+
+
+def test_a_candidate_that_breaks_the_shared_tensor_contract_is_not_published(deployed, tmp_path,
+                                                                             tiny_training_overrides, capsys):
+    repo_dir = shutil.copytree(deployed[0], tmp_path / "repo")
+    assert ModelRepository(repo_dir).read_metadata("syn").max_batch_size == 4  # the default follows it
+    code = pipeline_main(_args(repo_dir, tmp_path / "runs", tiny_training_overrides, "--max-regression", "1",
+                               "--class-tolerance", "1", "--max-batch-size", "2"))
+    assert code == 1
+    assert "tensor contract" in capsys.readouterr().err
+    assert ModelRepository(repo_dir).list_versions("syn") == [1]
