@@ -31,12 +31,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from export.errors import ExportError
+from export.errors import ExportError, VerificationError
 from export.graph import LOGITS_CHOICES, export_module
 from export.onnx_file import OrtRunner, check_onnx, try_onnxslim, write_onnx
 from export.torchscript_file import TorchScriptRunner, write_torchscript
 from export.triton_config import DEFAULT_FILENAMES, PLATFORMS, TritonModelConfig, tensor_names
-from export.verify import compare_logits, measure_parity, probe_inputs, require_parity
+from export.verify import (
+    FP16_MIN_ARGMAX_AGREEMENT,
+    compare_logits,
+    measure_parity,
+    probe_inputs,
+    require_parity,
+)
 from serving.repository import (
     COLORS_FILE,
     CONFIG_FILE,
@@ -238,10 +244,24 @@ def _pipeline_upsample_parity(reference: _EagerReference, runner, inputs: Mappin
         cases[input_name] = compare_logits(expected, np.ascontiguousarray(got))
     return {
         "max_abs_delta": max(c["max_abs_delta"] for c in cases.values()),
+        "tolerance_used": max(c["tolerance_used"] for c in cases.values()),
         "argmax_agreement": min(c["argmax_agreement"] for c in cases.values()),
         "decisive_agreement": min(c["decisive_agreement"] for c in cases.values()),
         "cases": cases,
     }
+
+
+def _require_upsample_parity(upsample: Mapping[str, Any], fp16: bool) -> None:
+    """The same gate as the graph's: the gateway's masks of a stride-8 export must be PyTorch's."""
+    if fp16:
+        passed = upsample["argmax_agreement"] >= FP16_MIN_ARGMAX_AGREEMENT
+    else:
+        passed = upsample["tolerance_used"] <= 1.0 and upsample["decisive_agreement"] == 1.0
+    if not passed:
+        raise VerificationError(
+            f"verification failed ({'fp16' if fp16 else 'fp32'}): the serving pipeline's zoom of the stride-8 "
+            f"logits differs from PyTorch's in-graph zoom: max |delta| {upsample['max_abs_delta']:.3g}, argmax "
+            f"agreement {100 * upsample['argmax_agreement']:.3f}%; nothing was published")
 
 
 def _build_files(model, work: Path, crop: tuple[int, int], options: ExportOptions, names: tuple[str, str],
@@ -294,6 +314,7 @@ def _build_files(model, work: Path, crop: tuple[int, int], options: ExportOption
         first = next(iter(runners.values()))
         parity["pipeline_upsample"] = _pipeline_upsample_parity(
             reference, first, inputs, crop, np.float16 if options.fp16 else np.float32)
+        _require_upsample_parity(parity["pipeline_upsample"], options.fp16)
     parity["graph"] = graphs
     timings["verify"] = time.perf_counter() - tick
     del runners

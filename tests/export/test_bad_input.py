@@ -155,3 +155,19 @@ def test_crop_the_model_cannot_run_at(make_source, tmp_path):
     with pytest.raises(export.ExportError, match="does not run at the export crop 49x49"):
         export.export_checkpoint({**source.config, "test_h": 49, "test_w": 49}, source.checkpoint, tmp_path / "repo")
     assert not (tmp_path / "repo").exists()
+
+
+def test_a_stride8_export_whose_pipeline_zoom_disagrees_publishes_nothing(psp_source, tmp_path, monkeypatch):
+    # The gateway zooms stride-8 logits with serving.pipeline.resize_bilinear; a zoom that does not
+    # reproduce PyTorch's (here: half-pixel centres instead of aligned corners) must stop the export.
+    import serving.pipeline
+    from export.errors import VerificationError
+    from export.exporter import export_checkpoint
+
+    real = serving.pipeline.resize_bilinear
+    monkeypatch.setattr(serving.pipeline, "resize_bilinear",
+                        lambda array, size, align_corners=False: real(array, size, align_corners=False))
+    with pytest.raises(VerificationError, match="stride-8 logits.*nothing was published"):
+        export_checkpoint(psp_source.config, psp_source.checkpoint, tmp_path / "repo", name="feature_psp",
+                          logits="feature", max_batch_size=2, simplify=False)
+    assert not (tmp_path / "repo" / "feature_psp").exists()
