@@ -27,7 +27,6 @@ import argparse
 import io
 import math
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -68,7 +67,7 @@ def build_checkpoint(path: Path, seed: int = 0) -> None:
 class EagerOriginal:
     """The original `test.py` (scale_process + net_process) in PyTorch, one crop (+ flip) per forward."""
 
-    def __init__(self, checkpoint: Path, cfg):
+    def __init__(self, checkpoint: Path, cfg, mean: list[float], std: list[float]):
         import torch
 
         from training.models import build_model, load_checkpoint
@@ -78,8 +77,8 @@ class EagerOriginal:
         load_checkpoint(self.model, checkpoint)
         self.crop_h, self.crop_w = int(cfg.test_h), int(cfg.test_w)
         self.base_size = int(cfg.base_size)
-        self.mean = torch.tensor([0.485, 0.456, 0.406]).mul(255).view(3, 1, 1)
-        self.std = torch.tensor([0.229, 0.224, 0.225]).mul(255).view(3, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)  # 0-255 scale, as exported
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
         self.classes = int(cfg.classes)
 
     def net_process(self, crop):  # crop: (3, crop_h, crop_w) float, 0-255
@@ -136,16 +135,12 @@ class EagerOriginal:
 
 
 # --- the gateway ---------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_gateway(repository: Path, threads: int, log_path: Path):
     import httpx
 
-    port = free_port()
+    from training.distributed import find_free_port
+
+    port = find_free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCENEPARSE_")}
     env.update({"SCENEPARSE_REPOSITORY": str(repository), "SCENEPARSE_PORT": str(port),
                 "SCENEPARSE_POLL_INTERVAL": "0", "SCENEPARSE_ORT_THREADS": str(threads),
@@ -229,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                                    max_batch_size=args.max_batch_size, simplify=False)
         print(f"exported {NAME} v{result.version} in {time.perf_counter() - tick:.0f} s "
               f"(max |delta logits| vs eager {result.parity.get('worst', {}).get('max_abs_delta', 'n/a')})", file=sys.stderr)
-        eager = EagerOriginal(checkpoint, cfg)
+        eager = EagerOriginal(checkpoint, cfg, result.metadata.mean, result.metadata.std)
         process, url = start_gateway(tmp / "repository", args.threads, tmp / "gateway.log")
         try:
             with httpx.Client(timeout=600) as client:

@@ -130,14 +130,6 @@ def resize_bilinear(array: np.ndarray, size: tuple[int, int], align_corners: boo
     return rows[:, lo] * (1.0 - frac) + rows[:, hi] * frac
 
 
-def softmax_channels(logits: np.ndarray) -> np.ndarray:
-    """Softmax over axis 1 of (N, C, h, w) in numpy (a reference; the pipeline uses serving.softmax)."""
-    logits = logits - logits.max(axis=1, keepdims=True)
-    np.exp(logits, out=logits)
-    logits /= logits.sum(axis=1, keepdims=True)
-    return logits
-
-
 # --- the pipeline ----------------------------------------------------------------------------
 def normalize(image: np.ndarray, spec: PipelineSpec) -> np.ndarray:
     """(H, W, 3) RGB pixels 0-255 -> (3, H, W) float32 normalised with the model's mean/std."""
