@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
+from serving.admission import UploadSlots
 from serving.backends.base import Backend
 from serving.metrics import GatewayMetrics
 from serving.models import ModelManager, RefreshReport
@@ -18,13 +20,18 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Gateway:
-    """Settings, backend, loaded models, worker pool and metrics of one running app."""
+    """Settings, backend, loaded models, worker pool, upload slots and metrics of one running app."""
 
     settings: Settings
     backend: Backend
     manager: ModelManager
     pool: WorkerPool
     metrics: GatewayMetrics
+    uploads: UploadSlots = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.uploads is None:
+            self.uploads = UploadSlots(self.settings.max_uploads, self.metrics)
 
     async def refresh(self) -> RefreshReport:
         """Pick up new, pinned or removed versions (loading runs on a thread); updates the metrics."""
@@ -50,17 +57,40 @@ class Gateway:
                 log.error("model repository scan failed: %s", exc)
 
     async def readiness(self) -> tuple[bool, str]:
-        """(ready, reason): the backend is live and at least one loaded model is ready on it."""
+        """(ready, reason): the backend is live and at least one loaded model is ready on it.
+
+        The reason is public (/readyz): it names no path, host or library message; `details()`
+        has those, for admins.
+        """
         loaded = self.manager.loaded()
         if not loaded:
-            errors = "; ".join(f"{k}: {v}" for k, v in self.manager.last_errors.items())
-            return False, "no model is loaded" + (f" ({errors})" if errors else "")
+            failed = len(self.manager.last_errors)
+            return False, "no model is loaded" + (f" ({failed} failed to load; see the log)" if failed else "")
         if not await asyncio.to_thread(self.backend.live):
             return False, f"the {self.backend.kind} backend is not reachable"
         for entry in loaded:
             if await asyncio.to_thread(self.backend.model_ready, entry.meta):
                 return True, "ready"
         return False, f"no model is ready on the {self.backend.kind} backend"
+
+    async def details(self) -> dict[str, Any]:
+        """What an operator needs to diagnose (admin only): readiness, load errors in full, the
+        backend's address, and the admission figures."""
+        ready, reason = await self.readiness()
+        settings = self.settings
+        return {
+            "ready": ready,
+            "reason": reason,
+            "backend": {"kind": self.backend.kind,
+                        "url": settings.resolved_triton_url if settings.backend == "triton" else None},
+            "repository": str(settings.repository),
+            "models": {entry.name: {"version": entry.version, "leases": entry.leases}
+                       for entry in self.manager.loaded()},
+            "load_errors": dict(self.manager.last_errors),
+            "admission": {"admitted": self.pool.admitted, "admitted_cost_bytes": self.pool.admitted_cost,
+                          "cost_budget_bytes": self.pool.budget, "uploads": self.uploads.active,
+                          "max_uploads": self.uploads.limit},
+        }
 
     def close(self) -> None:
         self.pool.shutdown()

@@ -22,6 +22,7 @@ from serving.gateway import Gateway
 from serving.metrics import GatewayMetrics
 from serving.models import ModelManager
 from serving.repository import ModelRepository
+from serving.settings import MB as MIB
 from serving.settings import Settings
 from serving.workers import WorkerPool
 
@@ -43,7 +44,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = backend or await asyncio.to_thread(create_backend, settings)
         manager = ModelManager(ModelRepository(settings.repository), engine, settings.default_model)
-        pool = WorkerPool(settings.workers, settings.queue_size, gateway_metrics)
+        pool = WorkerPool(settings.workers, settings.queue_size, gateway_metrics,
+                          budget=settings.cost_budget_mb * MIB)
         gateway = Gateway(settings, engine, manager, pool, gateway_metrics)
         await gateway.refresh()
         app.state.gateway = gateway
@@ -69,11 +71,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     )
     app.state.settings = settings
     app.state.draining = False
-    install_error_handlers(app, settings.retry_after, settings.max_body_bytes)
+    install_error_handlers(app, settings.retry_after, settings.max_body_bytes, settings.upload_idle_timeout)
     for router in (segment.router, models.router, admin.router, health.router, metrics.router, web.router):
         app.include_router(router)
     # Added last = outermost: metrics see every answer, including 413s and CORS refusals.
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, idle_timeout=settings.upload_idle_timeout)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

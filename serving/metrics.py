@@ -45,6 +45,13 @@ class GatewayMetrics:
         self.in_progress = Gauge(
             "sceneparse_requests_in_progress", "Segment requests being processed by a worker.", registry=self.registry,
         )
+        self.admitted_cost = Gauge(
+            "sceneparse_admitted_cost_bytes", "Estimated working memory of the admitted segment requests.",
+            registry=self.registry,
+        )
+        self.uploads = Gauge(
+            "sceneparse_uploads_in_progress", "Request bodies being received.", registry=self.registry,
+        )
         self.rejected = Counter(
             "sceneparse_rejected_requests", "Segment requests refused or dropped, by reason.",
             ["reason"], registry=self.registry,

@@ -1,8 +1,14 @@
-"""Every error leaves the gateway as JSON `{"error": <code>, "detail": <message>}` with a fitting status."""
+"""Every error leaves the gateway as JSON `{"error": <code>, "detail": <message>}` with a fitting status.
+
+Public answers carry no file paths, internal host names or library messages: a 5xx says what
+kind of failure it was and gives an `incident` id; the full message goes to the log under that
+id (and the admin-only `GET /v1/admin/status` shows the last load errors in full).
+"""
 
 from __future__ import annotations
 
 import logging
+import uuid
 from http import HTTPStatus
 
 from fastapi import FastAPI, Request
@@ -10,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.admission import RequestTooCostly, UploadsFull
 from serving.backends.base import BackendUnavailable
 from serving.imaging import ImageError
 from serving.repository import ModelNotFoundError, RepositoryError
@@ -31,8 +38,20 @@ class BodyTooLarge(Exception):
     """The request body passed the configured limit (raised while it is being received)."""
 
 
+class UploadStalled(Exception):
+    """The client sent no byte of its body for `upload_idle_timeout` seconds."""
+
+
 def error_response(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def logged_incident(request: Request, what: str, exc: BaseException, with_traceback: bool = False) -> str:
+    """Log `exc` in full under a fresh incident id and return the id (for the public answer)."""
+    incident = uuid.uuid4().hex[:12]
+    log.error("incident %s: %s on %s %s: %s: %s", incident, what, request.method, request.url.path,
+              type(exc).__name__, exc, exc_info=exc if with_traceback else None)
+    return incident
 
 
 def _validation_detail(exc: RequestValidationError) -> str:
@@ -43,7 +62,8 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-def install_error_handlers(app: FastAPI, retry_after: int, max_body_bytes: int) -> None:
+def install_error_handlers(app: FastAPI, retry_after: int, max_body_bytes: int,
+                           upload_idle_timeout: float = 10.0) -> None:
     """Register the handlers that turn every known failure into the JSON error shape."""
     retry = {"Retry-After": str(retry_after)}
 
@@ -61,21 +81,38 @@ def install_error_handlers(app: FastAPI, retry_after: int, max_body_bytes: int) 
         return error_response(413, "body_too_large", f"the request body exceeds {max_body_bytes} bytes",
                               {"Connection": "close"})
 
+    @app.exception_handler(UploadStalled)
+    async def _upload_stalled(_: Request, exc: UploadStalled) -> JSONResponse:
+        return error_response(408, "request_timeout", f"the upload sent nothing for {upload_idle_timeout:g} s",
+                              {"Connection": "close"})
+
+    @app.exception_handler(RequestTooCostly)
+    async def _too_costly(_: Request, exc: RequestTooCostly) -> JSONResponse:
+        return error_response(413, "request_too_costly", str(exc))
+
+    @app.exception_handler(UploadsFull)
+    async def _uploads_full(_: Request, exc: UploadsFull) -> JSONResponse:
+        return error_response(503, "uploads_full", f"{exc}; retry later", retry)
+
     @app.exception_handler(ModelNotFoundError)
     async def _model_not_found(_: Request, exc: ModelNotFoundError) -> JSONResponse:
         return error_response(404, "model_not_found", str(exc))
 
     @app.exception_handler(RepositoryError)
-    async def _repository_error(_: Request, exc: RepositoryError) -> JSONResponse:
-        return error_response(503, "repository_error", str(exc), retry)
+    async def _repository_error(request: Request, exc: RepositoryError) -> JSONResponse:
+        incident = logged_incident(request, "model repository error", exc)
+        return error_response(503, "repository_error",
+                              f"the model repository cannot be read now (incident {incident})", retry)
 
     @app.exception_handler(QueueFull)
     async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
         return error_response(503, "queue_full", f"{exc}; retry later", retry)
 
     @app.exception_handler(BackendUnavailable)
-    async def _backend_unavailable(_: Request, exc: BackendUnavailable) -> JSONResponse:
-        return error_response(503, "backend_unavailable", f"the inference backend is unavailable: {exc}", retry)
+    async def _backend_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:
+        incident = logged_incident(request, "inference backend unavailable", exc)
+        return error_response(503, "backend_unavailable",
+                              f"the inference backend is unavailable (incident {incident}); retry later", retry)
 
     @app.exception_handler(DeadlineExceeded)
     @app.exception_handler(RequestCancelled)
@@ -96,5 +133,5 @@ def install_error_handlers(app: FastAPI, retry_after: int, max_body_bytes: int) 
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", f"{type(exc).__name__}: the gateway failed on this request")
+        incident = logged_incident(request, "unexpected error", exc, with_traceback=True)
+        return error_response(500, "internal_error", f"the gateway failed on this request (incident {incident})")

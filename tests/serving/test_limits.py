@@ -190,8 +190,9 @@ def test_full_queue_is_503_with_retry_after(gated, scene_png):
     response = client.post("/v1/segment", content=scene_png)
     assert_error(response, 503, "queue_full")
     assert response.headers["retry-after"] == "7"
-    # Refused before the body is read: even an over-limit upload gets 503, not 413.
-    assert_error(client.post("/v1/segment", content=bytes(25 * 1024 * 1024)), 503, "queue_full")
+    # A place is taken only after the body is read (issue 10, slow clients): an over-limit upload is
+    # refused by its declared length, before any byte is read, whatever the queue.
+    assert_error(client.post("/v1/segment", content=bytes(25 * 1024 * 1024)), 413, "body_too_large")
     assert "sceneparse_queue_depth 1.0" in client.get("/metrics").text
     backend.gate.set()
     for thread in threads:
@@ -228,13 +229,20 @@ def test_deadline_is_504_and_the_rest_of_the_work_is_dropped(gated, gateway_sour
     assert 'sceneparse_rejected_requests_total{reason="deadline"} 1.0' in client.get("/metrics").text
 
 
-def test_backend_unavailable_is_503_and_recovers(gated, scene_png):
+def test_backend_unavailable_is_503_and_recovers(gated, scene_png, caplog):
     client, backend = gated
     backend.unavailable = True
     backend.gate.set()
-    response = client.post("/v1/segment", content=scene_png)
+    with caplog.at_level("ERROR", logger="serving.api.errors"):
+        response = client.post("/v1/segment", content=scene_png)
     body = assert_error(response, 503, "backend_unavailable")
-    assert "refused" in body["detail"] and response.headers["retry-after"] == "7"
+    assert response.headers["retry-after"] == "7"
+    # The public answer names no internal host and no library message; the log has both, under the
+    # incident id the answer gives (issue 10: secure by default).
+    assert "127.0.0.1" not in body["detail"] and "refused" not in body["detail"]
+    incident = body["detail"].split("incident ")[1].split(")")[0]
+    assert any(incident in record.getMessage() and "Triton at 127.0.0.1:1 refused" in record.getMessage()
+               for record in caplog.records)
     backend.unavailable = False
     assert client.post("/v1/segment", content=scene_png).status_code == 200
 

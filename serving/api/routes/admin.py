@@ -19,3 +19,11 @@ async def reload_models(gateway: GatewayDep) -> dict[str, Any]:
     """
     report = await gateway.refresh()
     return report.to_dict()
+
+
+@router.get("/status", summary="Diagnostics for operators")
+async def status(gateway: GatewayDep) -> dict[str, Any]:
+    """Readiness with its reason, each model's version and open leases, the last load errors in full
+    (paths and library messages that public answers leave out), the backend's address and the
+    admission figures (admitted requests and their estimated cost, uploads in progress)."""
+    return await gateway.details()

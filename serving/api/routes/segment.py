@@ -14,10 +14,11 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from serving.admission import MIB, RequestTooCostly, UploadsFull, estimate_cost, over_limit_message
 from serving.api.deps import API_KEY_DEPENDENCIES, GatewayDep
 from serving.api.errors import ApiError
 from serving.gateway import Gateway
-from serving.imaging import decode_image
+from serving.imaging import decode_image, open_image
 from serving.models import LoadedModel
 from serving.pipeline import PipelineStats, validate_scales
 from serving.rendering import base64_png, class_summary, render_png
@@ -44,11 +45,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"description": "not an image, or a truncated/corrupt one"},
     401: {"description": "missing or invalid API key"},
     404: {"description": "unknown model"},
-    408: {"description": "the upload did not arrive within the deadline"},
-    413: {"description": "body or pixel count over the limit"},
+    408: {"description": "the upload stalled (upload_idle_timeout) or did not arrive within the deadline"},
+    413: {"description": "body, pixel count or estimated cost (request_too_costly) over the limit"},
     415: {"description": "an image format outside JPEG, PNG, WebP, BMP, TIFF, GIF"},
     422: {"description": "invalid parameter"},
-    503: {"description": "queue full or backend unavailable (see Retry-After)"},
+    503: {"description": "upload slots or cost budget full, or backend unavailable (see Retry-After)"},
     504: {"description": "deadline exceeded"},
 }
 
@@ -111,18 +112,27 @@ async def _read_image_bytes(request: Request) -> bytes:
     openapi_extra={"requestBody": _IMAGE_BODY},
 )
 async def segment(request: Request, gateway: GatewayDep, params: Annotated[SegmentParams, Query()]) -> Response:
-    """The mask has the input's size after EXIF orientation. Headers name the model and version used."""
+    """The mask has the input's size after EXIF orientation. Headers name the model and version used.
+
+    In order: the body is read (an upload slot, no worker place, an inactivity timeout); the image
+    header gives its size; the request's cost is estimated and charged (413 over the per-request
+    limit, 503 when the budget is spent); then a worker decodes, segments and encodes.
+    """
     settings, metrics = gateway.settings, gateway.metrics
     started = time.monotonic()
     if params.model is None and gateway.manager.default_name() is None:
         raise ApiError(503, "not_ready", "no model is loaded yet; see /readyz",
                        {"Retry-After": str(settings.retry_after)})
+    # An unknown model (404) or a bad parameter (422) is refused before any byte of the body is read.
+    _segment_options(params, gateway.manager.get(params.model or gateway.manager.default_name() or ""), gateway)
+    data = await _receive_upload(request, gateway)
+
     loaded = gateway.manager.acquire(params.model)  # the version is fixed here, for the whole request
     release_model = functools.partial(gateway.manager.release, loaded)
     try:
         options = _segment_options(params, loaded, gateway)
-        # A place in the pool before the body is read: a full gateway refuses without buffering uploads.
-        reservation = gateway.pool.reserve()
+        cost = await _charge(data, loaded, options, params, gateway)
+        reservation = gateway.pool.reserve(cost)
     except QueueFull:
         release_model()
         metrics.rejected.labels("queue_full").inc()
@@ -130,17 +140,8 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
     except BaseException:
         release_model()
         raise
-    try:
-        data = await asyncio.wait_for(_read_image_bytes(request), settings.request_timeout)
-    except TimeoutError:
-        reservation.release()
-        release_model()
-        raise ApiError(408, "request_timeout", f"the upload did not arrive within {settings.request_timeout:g} s") from None
-    except BaseException:
-        reservation.release()
-        release_model()
-        raise
     job = _segment_job(data, loaded, options, params, settings.max_pixels)
+    del data  # the job holds the body now; it is freed with it
     remaining = settings.request_timeout - (time.monotonic() - started)
     try:
         body, media_type, seconds, tiles = await gateway.pool.run(reservation, job, remaining, on_done=release_model)
@@ -151,6 +152,49 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
     metrics.tiles.observe(tiles)
     return Response(body, media_type=media_type,
                     headers={"X-Model-Name": loaded.name, "X-Model-Version": str(loaded.version)})
+
+
+async def _receive_upload(request: Request, gateway: Gateway) -> bytes:
+    """The whole body, read under an upload slot (503 when none is free) and the request's deadline
+    (408); the inactivity timeout is BodySizeLimit's."""
+    settings = gateway.settings
+    try:
+        with gateway.uploads.slot():
+            return await asyncio.wait_for(_read_image_bytes(request), settings.request_timeout)
+    except UploadsFull:
+        gateway.metrics.rejected.labels("uploads_full").inc()
+        raise
+    except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
+        raise ApiError(408, "request_timeout",
+                       f"the upload did not arrive within {settings.request_timeout:g} s") from None
+
+
+async def _charge(data: bytes, loaded: LoadedModel, options: SegmentOptions, params: SegmentParams,
+                  gateway: Gateway) -> int:
+    """The request's estimated cost in bytes, from the image header (nothing is decoded);
+    raises the image's own errors (400, 413 pixels, 415) or RequestTooCostly (413)."""
+    settings = gateway.settings
+    # Header parsing touches only the first bytes, but a TIFF may hold many directories: off the loop.
+    width, height = await asyncio.to_thread(_header_size, data, settings.max_pixels)
+    outputs = tuple(dict.fromkeys(params.png)) if params.output == "json" else (params.output,)
+    meta = loaded.meta
+    # EXIF orientation is applied only when decoding: charge the costlier of the two orientations.
+    costs = [estimate_cost(w, h, len(data), loaded.spec, options, meta.max_batch_size, outputs)
+             for w, h in {(width, height), (height, width)}]
+    cost = max(costs, key=lambda c: c.total)
+    limit = settings.max_request_cost_mb * MIB
+    if cost.total > limit:
+        gateway.metrics.rejected.labels("too_costly").inc()
+        raise RequestTooCostly(over_limit_message(cost, limit, width, height, options, meta.num_classes))
+    return cost.total
+
+
+def _header_size(data: bytes, max_pixels: int) -> tuple[int, int]:
+    image = open_image(data, max_pixels)
+    try:
+        return image.size
+    finally:
+        image.close()
 
 
 def _segment_job(data: bytes, loaded: LoadedModel, options: SegmentOptions, params: SegmentParams,
