@@ -45,6 +45,8 @@ RUN pip install "./[serve]" \
 FROM base AS gateway
 COPY --from=gateway-build /opt/venv /opt/venv
 RUN cp /opt/venv/nvidia-libs.conf /etc/ld.so.conf.d/sceneparse-nvidia.conf && ldconfig
+# 0.0.0.0 inside the container needs keys: mount them as secrets and set SCENEPARSE_API_KEYS_FILE
+# (docker-compose.yml does), or the gateway refuses to start (docs/security.md).
 ENV SCENEPARSE_HOST=0.0.0.0 \
     SCENEPARSE_PORT=8000 \
     SCENEPARSE_REPOSITORY=/models \

@@ -49,8 +49,20 @@ class GatewayServer(uvicorn.Server):
             self.should_exit = True
 
 
+class _RefuseSecretFlag(argparse.Action):
+    """`--api-key VALUE` / `--admin-key VALUE`: refused without echoing the value (`ps`, shell
+    history and logs would keep it); the message says where keys go instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"sceneparse serve: {option_string} is not accepted: a key on the command line is visible to "
+              f"every user in `ps`. Put the key in a file and pass {option_string}-file FILE, or set "
+              f"SCENEPARSE_{self.dest.upper()}S", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
+        allow_abbrev=False,  # else `--api-key SECRET` would be taken for `--api-key-file SECRET`
         prog="sceneparse serve",
         description="Serve the models of a model repository over HTTP (web page at /, API docs at /docs).",
         epilog="Every option can also be set as SCENEPARSE_<OPTION> in the environment (e.g. SCENEPARSE_PORT).",
@@ -64,14 +76,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, help="requests processed at once (default: 2)")
     parser.add_argument("--poll-interval", type=float, help="seconds between repository scans; 0: off (default: 10)")
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    # Keys are never flags' values (every user sees a command line in `ps`): a file or the environment.
+    keys = parser.add_argument_group(
+        "access", "API keys are read from files or from SCENEPARSE_API_KEYS / SCENEPARSE_ADMIN_KEYS, "
+        "never from the command line. Binding an address other than loopback needs a key, or --allow-anonymous.")
+    keys.add_argument("--api-key-file", metavar="FILE", help="file with API keys, one per line")
+    keys.add_argument("--admin-key-file", metavar="FILE", help="file with admin keys (for /v1/admin/*), one per line")
+    for flag in ("--api-key", "--admin-key"):
+        keys.add_argument(flag, action=_RefuseSecretFlag, nargs="?", help=argparse.SUPPRESS)
+    keys.add_argument("--allow-anonymous", action="store_true", default=None,
+                      help="serve without any key even on a non-loopback address")
+    limits = parser.add_argument_group("limits", "see docs/security.md for every limit and its default")
+    limits.add_argument("--max-request-cost-mb", type=int, help="largest estimated working memory of one request "
+                        "(default: 1536)")
+    limits.add_argument("--cost-budget-mb", type=int, help="estimated working memory of all admitted requests "
+                        "(default: 3072)")
+    limits.add_argument("--max-uploads", type=int, help="request bodies received at once (default: 16)")
     return parser
 
 
 def _settings_error(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error.get("loc", ())) or "settings"
-        problems.append(f"{key} (--{key.replace('_', '-')} / SCENEPARSE_{key.upper()}): {error.get('msg')}")
+        key = ".".join(str(part) for part in error.get("loc", ()))
+        message = str(error.get("msg", "")).removeprefix("Value error, ")
+        if not key:  # a check across settings: its message names them
+            problems.append(message)
+            continue
+        problems.append(f"{key} (--{key.replace('_', '-')} / SCENEPARSE_{key.upper()}): {message}")
     return "; ".join(problems)
 
 

@@ -244,7 +244,7 @@ def test_compose_runs_ngc_triton_on_the_gpu_over_the_model_repository():
     assert "/v2/health/" in " ".join(triton["healthcheck"]["test"])
 
 
-def test_compose_gateway_talks_to_triton_with_real_settings():
+def test_compose_gateway_talks_to_triton_with_real_settings(tmp_path):
     services = compose()["services"]
     gateway = services["gateway"]
     assert gateway["build"]["target"] == "gateway"
@@ -255,7 +255,7 @@ def test_compose_gateway_talks_to_triton_with_real_settings():
     assert f"--http-port={port}" in services["triton"]["command"]
     assert env["SCENEPARSE_REPOSITORY"] == "/models"
     assert mounts(gateway)["/models"] == "./model_repository"
-    assert "8000:8000" in gateway["ports"]
+    assert "127.0.0.1:8000:8000" in gateway["ports"]
     assert "triton" in gateway["depends_on"]
     # every variable must be one the gateway's pydantic-settings class reads
     settings_module = pytest.importorskip("serving.settings")
@@ -265,8 +265,33 @@ def test_compose_gateway_talks_to_triton_with_real_settings():
         assert name.startswith(prefix) and name[len(prefix) :].lower() in fields, (
             f"{name} is not a gateway setting"
         )
-    parsed = settings_module.Settings(**{k[len(prefix) :].lower(): v for k, v in env.items()})
+    # The key files are compose secrets: parse the settings with stand-ins at the same paths.
+    secret_files = {f"/run/secrets/{name}": tmp_path / name for name in gateway["secrets"]}
+    for path in secret_files.values():
+        path.write_text("a-key\n")
+    values = {k[len(prefix) :].lower(): str(secret_files.get(v, v)) for k, v in env.items()}
+    parsed = settings_module.Settings(**values)
     assert parsed.backend == "triton" and parsed.port == 8000
+    assert parsed.api_keys == ["a-key"] and parsed.admin_keys == ["a-key"]
+
+
+def test_compose_keys_are_secrets_and_every_port_is_on_loopback():
+    data = compose()
+    gateway = data["services"]["gateway"]
+    env = {k: str(v) for k, v in gateway["environment"].items()}
+    assert not any(name in env for name in ("SCENEPARSE_API_KEYS", "SCENEPARSE_ADMIN_KEYS")), "keys in plain env"
+    for setting, secret in (("SCENEPARSE_API_KEYS_FILE", "sceneparse_api_keys"),
+                            ("SCENEPARSE_ADMIN_KEYS_FILE", "sceneparse_admin_keys")):
+        assert env[setting] == f"/run/secrets/{secret}" and secret in gateway["secrets"]
+        assert data["secrets"][secret]["file"].startswith("./secrets/")
+    assert "/secrets/" in (ROOT / ".gitignore").read_text().split()
+    for name, service in data["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond this machine"
+    # Without the keys, the gateway image (SCENEPARSE_HOST=0.0.0.0) refuses to start.
+    settings_module = pytest.importorskip("serving.settings")
+    with pytest.raises(ValueError, match="SCENEPARSE_API_KEYS_FILE"):
+        settings_module.Settings(host="0.0.0.0")
 
 
 def test_compose_trainer_is_optional_and_uses_the_trainer_image():

@@ -30,16 +30,22 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def presented_key(request: Request) -> str | None:
-    """The key a client sent: `X-API-Key`, `Authorization: Bearer <key>` or Basic auth's password."""
+def presented_key(request: Request, allow_basic: bool = False) -> str | None:
+    """The key a client sent: `X-API-Key`, `Authorization: Bearer <key>`, or with `allow_basic`
+    (the web page and its assets only) Basic auth's password.
+
+    Basic credentials are what a browser caches and re-sends by itself, also on requests another
+    site makes it send (a cross-site form POST): so they open only the pages, never the API or
+    admin routes, which need a header a cross-site form cannot set.
+    """
     key = request.headers.get("x-api-key")
     if key:
         return key
     scheme, _, value = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
-    if scheme.lower() == "basic" and value.strip():
-        # Browsers can send Basic auth on plain page loads; any user name, the key as password.
+    if allow_basic and scheme.lower() == "basic" and value.strip():
+        # The browser's login dialog: any user name, the key as password.
         try:
             _, _, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
         except (binascii.Error, UnicodeDecodeError):
@@ -65,7 +71,7 @@ def _challenge(scheme: str) -> dict[str, str]:
 def _check(request: Request, settings: Settings, admin: bool, scheme: str) -> None:
     if not settings.auth_enabled:
         return
-    key = presented_key(request)
+    key = presented_key(request, allow_basic=scheme == "Basic")
     if admin:
         if _matches(key, settings.admin_keys):
             return
@@ -90,7 +96,8 @@ def require_api_key(request: Request, settings: SettingsDep) -> None:
 
 
 def require_page_key(request: Request, settings: SettingsDep) -> None:
-    """As `require_api_key`, but a 401 asks the browser for Basic credentials (the key as password)."""
+    """As `require_api_key`, but Basic credentials (the key as password) count too, and a 401 asks
+    the browser for them. Only for the web page, its assets and the API documents."""
     _check(request, settings, admin=False, scheme="Basic")
 
 

@@ -4,6 +4,36 @@
 const $ = (id) => document.getElementById(id);
 let photoUrl = null;
 let lastFile = null;  // re-segmented when the model or the opacity changes
+const KEY_STORAGE = "sceneparse-api-key";
+
+// API calls carry the key as X-API-Key: the gateway accepts the browser's Basic login on the page
+// only, never on the API (a cross-site form could make the browser send Basic credentials, but
+// not this header). The key lives in sessionStorage: this tab, until it is closed.
+async function apiFetch(url, options = {}) {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  const headers = new Headers(options.headers || {});
+  if (key) headers.set("X-API-Key", key);
+  const response = await fetch(url, { ...options, headers, credentials: "omit" });
+  if (response.status === 401) {
+    sessionStorage.removeItem(KEY_STORAGE);
+    $("keyform").hidden = false;
+    $("apikey").focus();
+  }
+  return response;
+}
+
+function setUpKeyForm() {
+  $("keyform").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const key = $("apikey").value.trim();
+    if (!key) return;
+    sessionStorage.setItem(KEY_STORAGE, key);
+    $("apikey").value = "";
+    $("keyform").hidden = true;
+    setStatus("");
+    loadModels();
+  });
+}
 
 function setStatus(text, isError = false) {
   $("status").textContent = text;
@@ -20,7 +50,7 @@ async function errorText(response) {
 }
 
 async function loadModels() {
-  const response = await fetch("/v1/models");
+  const response = await apiFetch("/v1/models");
   if (!response.ok) {
     setStatus(`Cannot list models: ${await errorText(response)}`, true);
     return;
@@ -74,7 +104,7 @@ async function segment(file) {
   const started = performance.now();
   let response;
   try {
-    response = await fetch(`/v1/segment?${params}`, { method: "POST", body: form });
+    response = await apiFetch(`/v1/segment?${params}`, { method: "POST", body: form });
   } catch (error) {
     setStatus(`The request failed: ${error}`, true);
     return;
@@ -105,6 +135,7 @@ function setUpDropzone() {
   $("file").addEventListener("change", (event) => segment(event.target.files[0]));
 }
 
+setUpKeyForm();
 setUpDropzone();
 $("model").addEventListener("change", () => segment(lastFile));
 $("alpha").addEventListener("change", () => segment(lastFile));

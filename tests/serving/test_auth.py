@@ -1,4 +1,6 @@
-"""Optional API keys: every route but /healthz and /readyz needs one; admin routes need an admin key."""
+"""API keys: every route but /healthz and /readyz needs one; admin routes need an admin key; the
+browser's Basic login opens the web page only; keys come from files or the environment, never flags;
+a non-loopback bind without keys refuses to start."""
 
 from __future__ import annotations
 
@@ -11,7 +13,9 @@ from serving.main import create_app
 from serving.settings import Settings
 
 USER, ADMIN = "user-key-1", "admin-key-1"
-PROTECTED_GETS = ["/", "/static/app.js", "/docs", "/openapi.json", "/metrics", "/v1/models"]
+PAGE_GETS = ["/", "/static/app.js", "/docs", "/docs/assets/swagger-ui.css", "/openapi.json"]
+API_GETS = ["/metrics", "/v1/models", "/v1/models/{model}/legend"]
+PROTECTED_GETS = PAGE_GETS + API_GETS
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +36,37 @@ def test_probes_need_no_key(client):
 
 
 @pytest.mark.parametrize("path", PROTECTED_GETS)
-def test_every_other_route_needs_a_valid_key(client, path):
+def test_every_other_route_needs_a_valid_key(client, path, model_name):
+    path = path.format(model=model_name)
     missing = client.get(path)
     assert missing.status_code == 401 and missing.json()["error"] == "unauthorized"
     assert "www-authenticate" in missing.headers
     assert client.get(path, headers={"X-API-Key": "wrong"}).status_code == 401
     assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == 401
-    for headers in ({"X-API-Key": USER}, {"Authorization": f"Bearer {USER}"}, basic(USER),
+    for headers in ({"X-API-Key": USER}, {"Authorization": f"Bearer {USER}"},
                     {"X-API-Key": "user-key-2"}, {"X-API-Key": ADMIN}):
         assert client.get(path, headers=headers).status_code == 200, (path, headers)
+
+
+@pytest.mark.parametrize("path", PAGE_GETS)
+def test_the_browser_login_opens_the_page_and_its_assets(client, path):
+    assert client.get(path, headers=basic(USER)).status_code == 200
+    assert client.get(path, headers=basic("wrong")).status_code == 401
+
+
+@pytest.mark.parametrize("path", API_GETS)
+def test_the_browser_login_never_opens_the_api(client, path, model_name):
+    # Basic credentials are cached and re-sent by browsers, also on cross-site requests: the API
+    # and admin routes take only the X-API-Key / Bearer headers a cross-site form cannot set.
+    response = client.get(path.format(model=model_name), headers=basic(USER))
+    assert response.status_code == 401 and response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_cross_site_posts_with_cached_basic_credentials_are_refused(client, scene_png):
+    assert client.post("/v1/admin/reload", headers=basic(ADMIN)).status_code == 401
+    assert client.post("/v1/segment", content=scene_png, headers=basic(USER)).status_code == 401
+    form = client.post("/v1/segment", files={"image": ("a.png", scene_png, "image/png")}, headers=basic(ADMIN))
+    assert form.status_code == 401
 
 
 def test_pages_ask_the_browser_for_basic_credentials(client):
