@@ -15,16 +15,17 @@ from tests.serving.gateway_process import GatewayProcess
 STALLED = 12
 
 
-def metric(url: str, name: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+def metric(url: str, name: str, key: str | None = None) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10, headers={"X-API-Key": key} if key else None).text
     return float(re.search(rf"^{name} (\S+)$", text, re.M).group(1))
 
 
-def stalled_upload(port: int) -> socket.socket:
-    """A client that sends its headers and 4 bytes of a 5000-byte body, then nothing."""
+def stalled_upload(port: int, key: str | None = None) -> socket.socket:
+    """A client that sends its headers (with `key` as X-API-Key) and 4 bytes of a 5000-byte body, then nothing."""
     conn = socket.create_connection(("127.0.0.1", port), timeout=60)
-    conn.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
-                 b"Content-Length: 5000\r\n\r\n\x89PNG")
+    auth = f"X-API-Key: {key}\r\n".encode() if key else b""
+    conn.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n" + auth
+                 + b"Content-Length: 5000\r\n\r\n\x89PNG")
     return conn
 
 
