@@ -88,9 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="serve without any key even on a non-loopback address")
     limits = parser.add_argument_group("limits", "see docs/security.md for every limit and its default")
     limits.add_argument("--max-request-cost-mb", type=int, help="largest estimated working memory of one request "
-                        "(default: 1536)")
+                        "(default: 4096)")
     limits.add_argument("--cost-budget-mb", type=int, help="estimated working memory of all admitted requests "
-                        "(default: 3072)")
+                        "(default: 8192)")
     limits.add_argument("--max-uploads", type=int, help="request bodies received at once (default: 16)")
     return parser
 

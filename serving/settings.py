@@ -102,9 +102,9 @@ class Settings(BaseSettings):
     # Admission by cost (serving/admission.py): a request's cost is the host memory it is estimated
     # to hold at its peak, from the image header and its options, before any pixel is decoded.
     max_request_cost_mb: int = Field(
-        1536, ge=1, description="largest estimated working memory of one request (MiB); beyond: 413")
+        4096, ge=1, description="largest estimated working memory of one request (MiB); beyond: 413")
     cost_budget_mb: int = Field(
-        3072, ge=1, description="estimated working memory of all admitted requests, running and waiting (MiB); "
+        8192, ge=1, description="estimated working memory of all admitted requests, running and waiting (MiB); "
         "beyond: 503")
     # Uploads are read before a request takes any worker or queue place; these bound them.
     max_uploads: int = Field(16, ge=1, description="request bodies being received at once; beyond: 503")
