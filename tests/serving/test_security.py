@@ -133,14 +133,14 @@ def test_readyz_and_5xx_carry_no_paths_hosts_or_library_messages(broken_reposito
 
 def test_triton_address_stays_out_of_readyz(gateway_source_repository):
     settings = Settings(repository=gateway_source_repository.root, poll_interval=0, backend="triton",
-                        triton_url="10.11.12.13:1", triton_timeout=0.5, admin_keys=[ADMIN])
+                        triton_url="127.0.0.77:1", triton_timeout=0.5, admin_keys=[ADMIN])
     try:
         app = create_app(settings)
         with TestClient(app) as client:
             ready = client.get("/readyz")
-            assert ready.status_code == 503 and "10.11.12.13" not in ready.text
+            assert ready.status_code == 503 and "127.0.0.77" not in ready.text
             details = client.get("/v1/admin/status", headers={"Authorization": f"Bearer {ADMIN}"}).json()
-            assert details["backend"]["url"] == "10.11.12.13:1"
+            assert details["backend"]["url"] == "127.0.0.77:1"
     except ImportError:
         pytest.skip("tritonclient is not installed")
 
