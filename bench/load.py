@@ -16,7 +16,7 @@ Locust and the gateway share the machine's cores: on 2 cores the figures include
 from __future__ import annotations
 
 import argparse
-import csv
+import json
 import os
 import platform
 import subprocess
@@ -124,17 +124,13 @@ class RssSampler(threading.Thread):
         self.join(5)
 
 
-def read_stats(prefix: Path) -> tuple[dict[str, str], dict[str, int]]:
-    """Locust's aggregated row of <prefix>_stats.csv and failure counts by message."""
-    with open(f"{prefix}_stats.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    aggregated = next(row for row in rows if row["Name"] == "Aggregated")
-    failures: dict[str, int] = {}
-    with open(f"{prefix}_failures.csv", newline="") as handle:
-        for row in csv.DictReader(handle):
-            message = row["Error"].split("(")[-1].rstrip(")'\"").strip() if "(" in row["Error"] else row["Error"]
-            failures[message] = failures.get(message, 0) + int(row["Occurrences"])
-    return aggregated, failures
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation; nan for no values."""
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def read_answers(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,42 +167,48 @@ def main(argv: list[str] | None = None) -> int:
             sampler = RssSampler(process.pid)
             idle_kib = sampler.read()
             sampler.start()
-            env = dict(os.environ, SCENEPARSE_BENCH_IMAGES=str(work / "images"))
-            prefix = work / "locust"
+            answers_path = work / "answers.jsonl"
+            env = dict(os.environ, SCENEPARSE_BENCH_IMAGES=str(work / "images"), SCENEPARSE_BENCH_OUT=str(answers_path))
             command = [sys.executable, "-m", "locust", "-f", str(ROOT / "bench" / "locustfile.py"), "--headless",
                        "--users", str(args.users), "--spawn-rate", str(args.users), "--run-time", f"{args.seconds}s",
-                       "--host", url, "--csv", str(prefix), "--only-summary", "--loglevel", "WARNING",
-                       "--stop-timeout", "30"]
+                       "--host", url, "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "30"]
             locust = subprocess.run(command, env=env, capture_output=True, text=True, timeout=args.seconds + 240)
             sampler.stop()
             peak_kib = max([*sampler.samples, sampler.read("VmHWM") if process.poll() is None else 0])
-            if not Path(f"{prefix}_stats.csv").exists():
+            if not answers_path.exists():
                 print(locust.stdout[-3000:], locust.stderr[-3000:], file=sys.stderr)
                 return 1
-            stats, failures = read_stats(prefix)
+            answers = read_answers(answers_path)
             models = httpx.get(f"{url}/v1/models", timeout=10).json()["models"]
         finally:
             process.terminate()
             process.wait(60)
 
     model = next((m for m in models if m["name"] == args.model), models[0]) if models else {}
-    total = int(stats["Request Count"])
-    ok = total - int(stats["Failure Count"])
-    rate_503 = sum(n for message, n in failures.items() if message.startswith("503")) / max(total, 1)
+    ok = [a["seconds"] * 1000 for a in answers if a["status"] == 200]
+    refused = sum(1 for a in answers if a["status"] == 503)
+    others = sorted({a["status"] for a in answers} - {200, 503})
     print()
     print(cpu_header())
     print(f"model: {model.get('name')} v{model.get('version')} ({model.get('arch')}{model.get('layers')}, "
           f"{model.get('num_classes')} classes, crop {model.get('crop_size')}, max batch {model.get('max_batch_size')}); "
-          f"images {args.sizes}; gateway defaults{' + ' + ', '.join(args.set) if args.set else ''}")
-    header = (f"{'users':>5} {'seconds':>7} {'requests':>8} {'200/s':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
+          f"images {args.sizes} (output=label); gateway defaults{' + ' + ', '.join(args.set) if args.set else ''}")
+    header = (f"{'users':>5} {'seconds':>7} {'answers':>7} {'200/s':>6} {'p50 ms':>7} {'p95 ms':>7} {'p99 ms':>7} "
               f"{'503 rate':>8} {'idle RSS MiB':>12} {'peak RSS MiB':>12}")
     print(header)
     print("-" * len(header))
-    print(f"{args.users:>5} {args.seconds:>7} {total:>8} {ok / args.seconds:>6.1f} {float(stats['50%']):>7.0f} "
-          f"{float(stats['95%']):>7.0f} {float(stats['99%']):>7.0f} {100 * rate_503:>7.1f}% "
-          f"{idle_kib / 1024:>12.0f} {peak_kib / 1024:>12.0f}")
-    if failures:
-        print("answers other than 200: " + ", ".join(f"{message} x{n}" for message, n in sorted(failures.items())))
+    print(f"{args.users:>5} {args.seconds:>7} {len(answers):>7} {len(ok) / args.seconds:>6.2f} "
+          f"{percentile(ok, 50):>7.0f} {percentile(ok, 95):>7.0f} {percentile(ok, 99):>7.0f} "
+          f"{100 * refused / max(len(answers), 1):>7.1f}% {idle_kib / 1024:>12.0f} {peak_kib / 1024:>12.0f}")
+    print("latency percentiles are of the 200 answers; 503 rate of all answers"
+          + (f"; other statuses: {others}" if others else ""))
+    by_size = {}
+    for answer in answers:
+        if answer["status"] == 200:
+            by_size.setdefault(answer["size"], []).append(answer["seconds"] * 1000)
+    print("200 answers by image size: " + ", ".join(
+        f"{size} n={len(v)} p50 {percentile(v, 50):.0f} ms" for size, v in sorted(by_size.items(),
+                                                                                  key=lambda kv: int(kv[0].split('x')[0]))))
     return 0
 
 
