@@ -165,8 +165,9 @@ async def _receive_upload(request: Request, gateway: Gateway) -> bytes:
         gateway.metrics.rejected.labels("uploads_full").inc()
         raise
     except (TimeoutError, asyncio.TimeoutError):  # distinct classes before Python 3.11
-        raise ApiError(408, "request_timeout",
-                       f"the upload did not arrive within {settings.request_timeout:g} s") from None
+        # The rest of the body is never read: close the connection instead of draining it.
+        raise ApiError(408, "request_timeout", f"the upload did not arrive within {settings.request_timeout:g} s",
+                       {"Connection": "close"}) from None
 
 
 async def _charge(data: bytes, loaded: LoadedModel, options: SegmentOptions, params: SegmentParams,
