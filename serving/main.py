@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -25,6 +26,8 @@ from serving.repository import ModelRepository
 from serving.settings import MB as MIB
 from serving.settings import Settings
 from serving.workers import WorkerPool
+
+log = logging.getLogger(__name__)
 
 API_DESCRIPTION = (
     "Semantic segmentation (PSPNet/PSANet) as a service: POST an image to /v1/segment and get its "
@@ -49,6 +52,11 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
         gateway = Gateway(settings, engine, manager, pool, gateway_metrics)
         await gateway.refresh()
         app.state.gateway = gateway
+        log.info("admission: %d workers, %d waiting at most, %d MiB per request, %d MiB for all admitted; "
+                 "%d uploads of at most %d MiB, %g s without a byte; keys %s",
+                 settings.workers, settings.queue_size, settings.max_request_cost_mb, settings.cost_budget_mb,
+                 settings.max_uploads, settings.max_body_bytes // MIB, settings.upload_idle_timeout,
+                 "required" if settings.auth_enabled else "off (loopback or --allow-anonymous)")
         poller = asyncio.create_task(gateway.poll()) if settings.poll_interval > 0 else None
         try:
             yield
