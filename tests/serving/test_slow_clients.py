@@ -69,6 +69,7 @@ def test_stalled_uploads_hold_no_place_and_time_out_on_their_own(gateway_source_
         # An ordinary request still gets its 200 within its normal latency plus 1 s.
         status, seconds = timed_segment(server.url, scene_png)
         assert status == 200 and seconds <= normal + 1.0, (seconds, normal)
+        print(f"with {STALLED} stalled uploads: {seconds * 1000:.0f} ms (normal: median {normal * 1000:.0f} ms)")
 
         # One more stalled upload fills the last slot: the next upload is refused at once, with Retry-After.
         connections.append(stalled_upload(server.port))
