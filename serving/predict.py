@@ -1,95 +1,27 @@
-"""`sceneparse predict`: segment image files and folders offline with a published model.
+"""`sceneparse predict`: segment image files, folders, list files and URIs offline with a published model.
 
 Same decoding, pipeline and rendering as the gateway, so a file gives the same mask here as
-through POST /v1/segment. Unreadable files are reported on stderr and skipped; the exit status
-is 1 when any file failed.
+through POST /v1/segment. In one process by default; with `--ray [ADDRESS]` as a Ray Data job
+over a pool of workers (docs/batch.md), writing byte-identical files. Either way a rerun skips
+images whose outputs are complete, unreadable files are listed in `<out>/failures.json` and
+skipped, and the exit status is 0 when every image has its outputs, 1 when some failed, 2 on a
+usage, model or cluster error and 130 when interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-from collections.abc import Iterable
 from pathlib import Path
 
-from tqdm import tqdm
-
-from serving.backends.base import Backend, BackendUnavailable
-from serving.imaging import ImageError, decode_image
-from serving.pipeline import PipelineSpec, validate_scales
-from serving.rendering import render_png
+from serving.backends.base import BackendUnavailable
+from serving.batch.image import ImageLimits
+from serving.batch.inputs import InputError, collect_tasks, is_uri
+from serving.batch.job import Executor, JobError, ModelSpec, PredictJob, run_job, run_local
+from serving.batch.outputs import MASK_KINDS, OutputPlan
+from serving.pipeline import validate_scales
 from serving.repository import ModelRepository, RepositoryError
-from serving.segmentation import SegmentOptions, segment_image
-from serving.settings import Settings
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
-
-
-def collect_inputs(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
-    """(file, output path relative to --out) for every input.
-
-    A file given by name is taken whatever its suffix (decoding decides); a folder contributes
-    its image files (by suffix, recursively), keeping their relative paths so names cannot clash.
-    Raises FileNotFoundError for an input that does not exist.
-    """
-    found: list[tuple[Path, Path]] = []
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            for child in sorted(path.rglob("*")):
-                if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES:
-                    found.append((child, child.relative_to(path).with_suffix(".png")))
-        elif path.exists():
-            found.append((path, Path(path.name).with_suffix(".png")))
-        else:
-            raise FileNotFoundError(f"input {path} does not exist")
-    return found
-
-
-def predict_files(
-    files: list[tuple[Path, Path]],
-    repository: ModelRepository,
-    model: str,
-    backend: Backend,
-    out_dir: Path,
-    output: str = "color",
-    options: SegmentOptions | None = None,
-    max_pixels: int = 40_000_000,
-    alpha: float = 0.5,
-    progress: bool = True,
-) -> dict[Path, str]:
-    """Segment each file and write `out_dir/<relative>.png`; returns {failed file: reason}."""
-    meta = repository.read_metadata(model)
-    runner = backend.open(repository, meta)
-    spec = PipelineSpec.from_metadata(meta)
-    options = options or SegmentOptions.defaults_for(meta)
-    failures: dict[Path, str] = {}
-    try:
-        for source, relative in tqdm(files, desc=f"predict {model} v{meta.version}", unit="img", disable=not progress):
-            try:
-                image = decode_image(source.read_bytes(), max_pixels)
-            except (OSError, ImageError) as exc:
-                failures[source] = str(exc)
-                tqdm.write(f"sceneparse predict: skipped {source}: {exc}", file=sys.stderr)
-                continue
-            label = segment_image(image, runner, meta, options, spec=spec)
-            target = out_dir / relative
-            partial = target.with_name(f".{target.name}.partial")
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # Through a temporary file: an interrupted run never leaves a truncated PNG behind.
-                partial.write_bytes(render_png(output, image, label, meta, alpha))
-                os.replace(partial, target)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    partial.unlink()
-                failures[source] = f"cannot write {target}: {exc}"
-                tqdm.write(f"sceneparse predict: skipped {source}: cannot write {target}: {exc}", file=sys.stderr)
-    finally:
-        runner.close()
-    return failures
+from serving.segmentation import SegmentOptions
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,11 +29,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sceneparse predict",
         description="Segment image files and folders with a published model (the gateway's pipeline, offline).",
     )
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    parser.add_argument("inputs", nargs="*", help="image files, folders (searched recursively) and/or URIs "
+                                                  "(s3://, gs://, ... with the ray extra)")
+    parser.add_argument("--list", action="append", default=[], metavar="FILE",
+                        help="list file in the original format (`image [label]` per line); may repeat")
+    parser.add_argument("--data-root", default=".", help="folder the --list paths are relative to (default: .)")
     parser.add_argument("--model", required=True, help="model name in the repository")
+    parser.add_argument("--model-version", type=int, default=None,
+                        help="version to run (default: the served one, i.e. pinned or newest)")
     parser.add_argument("--repository", default="model_repository", help="model repository (default: model_repository)")
     parser.add_argument("--out", required=True, help="folder for the PNGs (created)")
-    parser.add_argument("--output", choices=["color", "label", "overlay"], default="color",
+    parser.add_argument("--output", choices=list(MASK_KINDS), default="color",
                         help="color: palette PNG; label: class-id PNG; overlay: mask on the photo (default: color)")
     parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity for --output overlay (default: 0.5)")
     parser.add_argument("--scales", help="comma-separated test scales (default: the model's)")
@@ -109,47 +47,96 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add mirrored crops (default: the model's)")
     parser.add_argument("--max-side", type=int, default=None,
                         help="shrink images to this long side for inference (default: never)")
+    parser.add_argument("--max-pixels", type=int, default=40_000_000,
+                        help="skip (as failed) images with more pixels than this (default: 40000000)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="redo every image, also those whose outputs are complete from an earlier run")
     parser.add_argument("--backend", choices=["onnxruntime", "triton"], default="onnxruntime")
     parser.add_argument("--triton-url", default=None, help="Triton host:port for --backend triton")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ray = parser.add_argument_group("Ray (pip install 'sceneparse[ray]'; docs/batch.md)")
+    ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                     help="run as a Ray Data job: no ADDRESS starts a local Ray instance, `auto` joins the "
+                          "cluster of this machine, HOST:PORT or ray://HOST:PORT a remote one")
+    ray.add_argument("--workers", type=int, default=None,
+                     help="actors in the pool, each with its own model session (default: as many as fit)")
+    ray.add_argument("--cpus-per-worker", type=float, default=None,
+                     help="CPUs per actor, also its ONNX Runtime threads (default: 1)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0.0,
+                     help="GPUs per actor (fractions share a GPU); >0 runs ONNX Runtime's CUDA provider (default: 0)")
     return parser
 
 
+def _looks_like_ray_address(value: str) -> bool:
+    return value in {"local", "auto"} or value.startswith("ray://") or (":" in value and not Path(value).exists())
+
+
+def _executor(args: argparse.Namespace) -> Executor:
+    if args.ray is None:
+        given = [flag for flag, value in (("--workers", args.workers), ("--cpus-per-worker", args.cpus_per_worker),
+                                          ("--gpus-per-worker", args.gpus_per_worker or None)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} only apply to Ray jobs: add --ray")
+        return run_local
+    if not _looks_like_ray_address(args.ray):
+        raise ValueError(f"--ray {args.ray}: not a Ray address (auto, local, HOST:PORT or ray://HOST:PORT); "
+                         "write --ray=local, or put --ray after the inputs")
+    from serving.batch.ray_job import RayExecutor, RayOptions
+
+    cpus = args.cpus_per_worker if args.cpus_per_worker is not None else 1.0
+    return RayExecutor(RayOptions(args.ray, args.workers, cpus, args.gpus_per_worker))
+
+
+def build_job(args: argparse.Namespace) -> tuple[PredictJob, list]:
+    """The job and its tasks from parsed flags. Raises ValueError, InputError or RepositoryError."""
+    if not 0.0 <= args.alpha <= 1.0:
+        raise ValueError(f"--alpha must lie within [0, 1], got {args.alpha}")
+    if args.max_side is not None and args.max_side < 32:
+        raise ValueError(f"--max-side must be at least 32, got {args.max_side}")
+    if args.max_pixels < 1:
+        raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
+    repository = ModelRepository(args.repository)
+    repository.check_root()
+    meta = repository.read_metadata(args.model, args.model_version)
+    scales = meta.test_scales
+    if args.scales:
+        scales = validate_scales([float(s) for s in args.scales.split(",") if s.strip()])
+    options = SegmentOptions(
+        scales=tuple(scales), flip=meta.flip if args.flip is None else args.flip,
+        stride_rate=meta.stride_rate, max_side=args.max_side,
+    )
+    if is_uri(args.out):
+        raise ValueError(f"--out {args.out}: outputs go to a local or shared folder, not a URI")
+    out_dir = Path(args.out).absolute()
+    if not args.inputs and not args.list:
+        raise ValueError("no inputs: give image files, folders, URIs or --list FILE")
+    tasks = collect_tasks(args.inputs, args.list, args.data_root, exclude=out_dir)
+    if not tasks:
+        raise ValueError(f"no image files found in {', '.join(args.inputs + args.list)}")
+    model = ModelSpec(str(repository.root), meta.name, meta.version, args.backend, triton_url=args.triton_url)
+    job = PredictJob(model, out_dir, OutputPlan.for_kinds([args.output], args.alpha), options,
+                     ImageLimits(max_pixels=args.max_pixels), overwrite=args.overwrite)
+    return job, tasks
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Returns 0 when every file was segmented, 1 when some failed, 2 on a usage or model error."""
+    """Returns 0 when every image has its outputs, 1 when some failed, 2 on a usage, model or cluster error."""
     args = build_parser().parse_args(argv)
     try:
-        if not 0.0 <= args.alpha <= 1.0:
-            raise ValueError(f"--alpha must lie within [0, 1], got {args.alpha}")
-        if args.max_side is not None and args.max_side < 32:
-            raise ValueError(f"--max-side must be at least 32, got {args.max_side}")
-        repository = ModelRepository(args.repository)
-        repository.check_root()
-        meta = repository.read_metadata(args.model)
-        scales = meta.test_scales
-        if args.scales:
-            scales = validate_scales([float(s) for s in args.scales.split(",") if s.strip()])
-        options = SegmentOptions(
-            scales=tuple(scales), flip=meta.flip if args.flip is None else args.flip,
-            stride_rate=meta.stride_rate, max_side=args.max_side,
-        )
-        files = collect_inputs(args.inputs)
-        if not files:
-            raise ValueError(f"no image files found in {', '.join(args.inputs)}")
-        from serving.backends.factory import create_backend
-
-        settings_args = {"backend": args.backend, "repository": args.repository}
-        if args.triton_url:
-            settings_args["triton_url"] = args.triton_url
-        backend = create_backend(Settings(**settings_args))
-        failures = predict_files(files, repository, args.model, backend, Path(args.out), args.output, options,
-                                 alpha=args.alpha, progress=not args.no_progress)
-    except (RepositoryError, FileNotFoundError, ValueError, RuntimeError, BackendUnavailable) as exc:
+        executor = _executor(args)
+        job, tasks = build_job(args)
+        report = run_job(job, tasks, executor, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("sceneparse predict: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (RepositoryError, InputError, JobError, FileNotFoundError, ValueError, RuntimeError,
+            BackendUnavailable) as exc:
         print(f"sceneparse predict: {exc}", file=sys.stderr)
         return 2
-    done = len(files) - len(failures)
-    print(f"sceneparse predict: {done} of {len(files)} images written to {args.out}", file=sys.stderr)
-    return 1 if failures else 0
+    print(f"sceneparse predict: {report.summary()}", file=sys.stderr)
+    if report.processed:
+        print(report.table(), file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":
