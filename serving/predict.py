@@ -11,6 +11,7 @@ usage, model or cluster error and 130 when interrupted (rerun the same command t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         executor = _executor(args)
         job, tasks = build_job(args)
-        report = run_job(job, tasks, executor, progress=not args.no_progress)
+        # Connects to Ray (or starts it) and sizes the pool before the out folder is touched.
+        with executor if isinstance(executor, contextlib.AbstractContextManager) else contextlib.nullcontext():
+            report = run_job(job, tasks, executor, progress=not args.no_progress)
     except KeyboardInterrupt:
         print("sceneparse predict: interrupted; run the same command again to resume", file=sys.stderr)
         return 130

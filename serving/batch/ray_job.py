@@ -135,23 +135,48 @@ def _quiet_ray_data(ray) -> None:
 
 
 class RayExecutor:
-    """Runs a job's pending tasks on Ray (see the module docstring); an `Executor` for `run_job`."""
+    """Runs a job's pending tasks on Ray (see the module docstring); an `Executor` for `run_job`.
+
+    As a context manager it connects to Ray and sizes the pool on entry (so that a cluster
+    problem is reported before the out folder is touched) and stops a local instance it started
+    on exit; called outside one, it does both around the job.
+    """
 
     def __init__(self, options: RayOptions):
         self.options = options
         self.workers = 0
+        self._ray = None
+        self._started = False
 
-    def __call__(self, job: PredictJob, tasks: list[ImageTask], on_result: ResultCallback) -> None:
+    def __enter__(self) -> RayExecutor:
         ray = import_ray()
-        started = connect(ray, self.options.address)
+        self._started = connect(ray, self.options.address)
+        self._ray = ray
         try:
             _quiet_ray_data(ray)
-            self.workers = pool_size(ray, self.options, local=started or self.options.address in (None, "local"))
+            self.workers = pool_size(ray, self.options, local=self._started or self.options.address in (None, "local"))
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._ray is not None and self._started:
+            self._ray.shutdown()
+        self._ray, self._started = None, False
+
+    def __call__(self, job: PredictJob, tasks: list[ImageTask], on_result: ResultCallback) -> None:
+        if self._ray is None:
+            with self:
+                return self(job, tasks, on_result)
+        ray = self._ray
+        try:
             for row in self.dataset(ray, job, tasks).iter_rows():
                 on_result(ImageResult.from_row(row))
-        finally:
-            if started:
-                ray.shutdown()
+        except ray.exceptions.RayError as exc:
+            # Ray's message carries remote tracebacks; its last line names the error itself.
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise JobError(f"the Ray job failed: {lines[-1] if lines else type(exc).__name__}") from exc
 
     def dataset(self, ray, job: PredictJob, tasks: list[ImageTask]):
         """The Ray Data pipeline: task rows -> the actor pool -> result rows."""

@@ -35,7 +35,9 @@ def _processes_of(session_dir: str) -> list[str]:
 @pytest.fixture(scope="module")
 def ray_instance():
     """One local Ray instance for the module; after it, no raylet or GCS process of it may survive."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    # A small object store: the job's rows are a few hundred bytes each.
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             object_store_memory=256 * 1024 * 1024)
     session_dir = ray._private.worker._global_node.get_session_dir_path()
     try:
         yield ray
@@ -183,3 +185,14 @@ def test_a_killed_actor_is_replaced_and_its_images_redone(ray_instance, gateway_
     _assert_same_files(out, reference)
     # Ray restarted the actor (a new process) and gave it the images the dead one had in flight.
     assert len(report.workers) == 3, report.table()
+
+
+def test_a_pool_the_local_instance_cannot_hold_is_refused_before_the_out_folder_is_touched(
+        ray_instance, gateway_source_repository, psp_model_name, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = _argv(gateway_source_repository, psp_model_name, out, photos) + ["--ray"]
+    assert predict.main([*argv, "--gpus-per-worker", "1"]) == 2
+    assert "has 2 CPUs and 0 GPUs; a worker needs 1 GPU" in capsys.readouterr().err
+    assert predict.main([*argv, "--workers", "3"]) == 2
+    assert "3 workers of 1 CPU each do not fit" in capsys.readouterr().err
+    assert not out.exists()
