@@ -452,6 +452,11 @@ def export_checkpoint(
         raise ExportError(str(exc)) from None
     _check_repository(repo, name, version)
     _check_precision(repo, name, options.precision)
+    int8_data = None
+    if options.int8 is not None:
+        from export.quantize import gate_data
+
+        int8_data = gate_data(config, options.int8, list(info.classes))  # lists are checked before heavy work
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise ExportError(f"checkpoint {checkpoint}: no such file")
@@ -471,8 +476,8 @@ def export_checkpoint(
         if options.int8 is not None:
             tick = time.perf_counter()
             progress("int8")
-            files["onnx"], parity["int8"] = _quantize(files["onnx"], Path(tmp), config, info, crop, (mean, std),
-                                                      options, names[0], progress)
+            files["onnx"], parity["int8"] = _quantize(files["onnx"], Path(tmp), config, int8_data, crop,
+                                                      (mean, std), options, names[0], progress)
             if metrics is None and parity["int8"].get("int8_metrics"):
                 metrics = parity["int8"]["int8_metrics"]  # the int8 graph's own figures, through the pipeline
             parity["int8"].pop("int8_metrics", None)
@@ -541,20 +546,20 @@ def export_checkpoint(
                         parity=meta.parity, seconds=timings)
 
 
-def _quantize(fp32_path: Path, work: Path, config, info, crop: tuple[int, int],
+def _quantize(fp32_path: Path, work: Path, config, data, crop: tuple[int, int],
               mean_std: tuple[list[float], list[float]], options: ExportOptions, input_name: str,
               progress: Progress) -> tuple[Path, dict[str, Any]]:
     """The int8 graph of the verified fp32 one, with the int8 gate's figures (export.quantize)."""
     from export.quantize import build_int8
     from serving.pipeline import InferenceOptions, PipelineSpec
 
-    spec = PipelineSpec(crop[0], crop[1], len(info.classes), tuple(mean_std[0]), tuple(mean_std[1]),
+    spec = PipelineSpec(crop[0], crop[1], int(config["classes"]), tuple(mean_std[0]), tuple(mean_std[1]),
                         int(config["base_size"]))
     inference = InferenceOptions(scales=tuple(float(s) for s in config["scales"]), flip=bool(config.get("flip", True)))
     int8_dir = work / "int8"
     int8_dir.mkdir()
-    return build_int8(fp32_path, int8_dir / fp32_path.name, work, config, spec, inference, options.int8, input_name,
-                      options.max_batch_size, list(info.classes), progress)
+    return build_int8(fp32_path, int8_dir / fp32_path.name, work, data, spec, inference, options.int8, input_name,
+                      options.max_batch_size, progress)
 
 
 def copy_into(source: Path, target: Path) -> None:

@@ -62,6 +62,8 @@ class QuantizationOptions:
     keep_fp32: node groups left in fp32 (see FP32_GROUPS).
     method: calibration method, one of CALIBRATION_METHODS.
     per_channel: per-channel weight scales (per-tensor when False).
+    reduce_range: 7-bit weights (ONNX Runtime's advice for x86 without VNNI, where u8 x s8 products
+        are summed in saturating int16); None: decided by the exporting CPU (sceneparse.cpu.has_vnni).
     """
 
     calibration_list: str | None = None
@@ -74,6 +76,14 @@ class QuantizationOptions:
     keep_fp32: tuple[str, ...] = DEFAULT_KEEP_FP32
     method: str = "minmax"
     per_channel: bool = True
+    reduce_range: bool | None = None
+
+    def resolved_reduce_range(self) -> bool:
+        if self.reduce_range is not None:
+            return self.reduce_range
+        from sceneparse.cpu import has_vnni, is_x86
+
+        return is_x86() and not has_vnni()
 
     def check(self) -> None:
         """Raise ExportError naming the first option out of range."""
@@ -98,6 +108,7 @@ class QuantizationOptions:
 class GateData:
     """Where the int8 step reads its images and how it scores them (from the export's config)."""
 
+    calibration_list: str
     calibration: list[ListImage]
     held_out: list[ListImage]
     scored: list[ListImage]  # images with labels for the mIoU gate (empty: not measured)
@@ -151,7 +162,7 @@ def gate_data(config, options: QuantizationOptions, class_names: Sequence[str]) 
     held_out = evenly_spaced(unseen, options.holdout_images)
     if not held_out:
         raise ExportError(
-            f"no held-out images for the int8 agreement check: every image of {val_list or calibration_list} "
+            f"no held-out images for the int8 agreement check: every image of {val_list if val else calibration_list} "
             "was used for calibration (give --val-list, or fewer --calibration-images)")
     labelled = [item for item in val if item.label_path is not None]
     if val and len(labelled) < len(val):
@@ -164,7 +175,7 @@ def gate_data(config, options: QuantizationOptions, class_names: Sequence[str]) 
         from training.evaluate import label_mapping_for
 
         mapping = label_mapping_for(config)
-    return GateData(calibration, held_out, scored, unscored, int(_setting(config, "ignore_label") or 255), mapping,
+    return GateData(str(calibration_list), calibration, held_out, scored, unscored, int(_setting(config, "ignore_label") or 255), mapping,
                     tuple(class_names))
 
 
@@ -227,7 +238,7 @@ def quantize_graph(fp32_path: Path, int8_path: Path, reader: WindowReader, optio
         # window anyway; entropy and percentile keep histograms of whole tensors (memory-hungry).
         quantize_static(
             str(prepared), str(int8_path), reader, quant_format=QuantFormat.QDQ, per_channel=options.per_channel,
-            reduce_range=False, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            reduce_range=options.resolved_reduce_range(), activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             nodes_to_exclude=[n for names in excluded.values() for n in names],
             calibrate_method=methods[options.method],
         )
@@ -357,14 +368,14 @@ def require_int8_gate(figures: dict[str, Any]) -> None:
         raise Int8GateError(f"int8 gate failed: {describe_gate(figures)}; nothing was published", figures)
 
 
-def build_int8(fp32_path: Path, int8_path: Path, work: Path, config, spec: PipelineSpec, options: InferenceOptions,
-               quant: QuantizationOptions, input_name: str, batch_size: int, class_names: Sequence[str],
+def build_int8(fp32_path: Path, int8_path: Path, work: Path, data: GateData, spec: PipelineSpec,
+               options: InferenceOptions, quant: QuantizationOptions, input_name: str, batch_size: int,
                progress=None) -> tuple[Path, dict[str, Any]]:
     """Quantize the verified fp32 graph at `fp32_path` into `int8_path`, gate it; returns (int8_path, figures).
 
-    `work` is a scratch directory; `config` gives the lists (train_list, val_list, data_root),
-    ignore_label and dataset (label mapping); `spec` and `options` are the deployed pipeline's.
-    `progress` (None: quiet) is called with "int8 gate" when calibration is done.
+    `work` is a scratch directory; `data` (from `gate_data`, picked before any heavy work) says
+    which images calibrate, which are held out and which are scored; `spec` and `options` are
+    the deployed pipeline's. `progress` (None: quiet) is called with "int8 gate" after calibration.
 
     Raises Int8GateError (a VerificationError) when the gate fails, ExportError for missing
     or unreadable calibration data.
@@ -372,7 +383,6 @@ def build_int8(fp32_path: Path, int8_path: Path, work: Path, config, spec: Pipel
     from tqdm import tqdm
 
     quant.check()
-    data = gate_data(config, quant, class_names)
     bar = tqdm(total=len(data.calibration), desc="calibrate", unit="img", disable=True if progress is None else None,
                dynamic_ncols=True, leave=False)
     try:
@@ -393,7 +403,7 @@ def build_int8(fp32_path: Path, int8_path: Path, work: Path, config, spec: Pipel
     figures.update(
         options=_json_options(quant),
         quantization=done,
-        calibration={"list": str(quant.calibration_list or _setting(config, "train_list")),
+        calibration={"list": data.calibration_list,
                      "images": [str(i.image_path) for i in data.calibration], "windows": done["calibration_windows"]},
         held_out_images=[str(i.image_path) for i in data.held_out],
     )
@@ -402,8 +412,12 @@ def build_int8(fp32_path: Path, int8_path: Path, work: Path, config, spec: Pipel
 
 
 def _json_options(quant: QuantizationOptions) -> dict[str, Any]:
+    from sceneparse.cpu import describe_cpu
+
     values = asdict(quant)
     values["keep_fp32"] = list(quant.keep_fp32)
+    values["reduce_range"] = quant.resolved_reduce_range()
+    values["measured_on"] = describe_cpu()  # the gate ran this CPU's int8 kernels
     values.update(format="QDQ", activations="uint8 (asymmetric, per tensor)",
                   weights="int8 (symmetric, " + ("per channel)" if quant.per_channel else "per tensor)"))
     return values
