@@ -220,8 +220,8 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
         if deployed is not None and deployed.precision != request.precision:
             raise PipelineError(
                 f"model {request.name!r} serves {deployed.precision} versions and this run exports "
-                f"{request.precision}; precision is part of a model's tensor contract, so publish under another "
-                f"--name (e.g. {request.name}_{request.precision})")
+                f"{request.precision}; precision is part of a model's tensor contract, so publish it under "
+                f"a name of its own (e.g. --name {request.name}_{request.precision})")
         cfg = _training_config(request, run, deployed)
         from training.train import run_training
 
