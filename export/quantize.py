@@ -214,9 +214,13 @@ def fp32_node_names(model, groups: Sequence[str]) -> dict[str, list[str]]:
     return found
 
 
-def quantize_graph(fp32_path: Path, int8_path: Path, reader: WindowReader, options: QuantizationOptions,
+def quantize_graph(fp32_path: Path, int8_path: Path, reader, options: QuantizationOptions,
                    work: Path) -> dict[str, Any]:
-    """Calibrate and quantize `fp32_path` into `int8_path` (QDQ). Returns what was done."""
+    """Calibrate and quantize `fp32_path` into `int8_path` (QDQ). Returns what was done.
+
+    `reader` is an onnxruntime CalibrationDataReader (`get_next()` -> {input name: batch} or None),
+    normally a WindowReader; its `windows` attribute, when present, is reported.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -250,7 +254,7 @@ def quantize_graph(fp32_path: Path, int8_path: Path, reader: WindowReader, optio
     for node in quantized.graph.node:
         ops[node.op_type] = ops.get(node.op_type, 0) + 1
     return {
-        "calibration_windows": reader.windows,
+        "calibration_windows": getattr(reader, "windows", None),
         "kept_fp32": {group: len(names) for group, names in excluded.items()},
         "quantize_linear_nodes": ops.get("QuantizeLinear", 0),
         "dequantize_linear_nodes": ops.get("DequantizeLinear", 0),
