@@ -175,8 +175,9 @@ def gate_data(config, options: QuantizationOptions, class_names: Sequence[str]) 
         from training.evaluate import label_mapping_for
 
         mapping = label_mapping_for(config)
-    return GateData(str(calibration_list), calibration, held_out, scored, unscored, int(_setting(config, "ignore_label") or 255), mapping,
-                    tuple(class_names))
+    ignore_label = _setting(config, "ignore_label")
+    return GateData(str(calibration_list), calibration, held_out, scored, unscored,
+                    255 if ignore_label is None else int(ignore_label), mapping, tuple(class_names))
 
 
 # --- quantization ----------------------------------------------------------------------------
@@ -278,8 +279,12 @@ class BatchedRunner:
 def argmax_agreement(reference, candidate, images: Sequence[ListImage], spec: PipelineSpec,
                      options: InferenceOptions, batch_size: int) -> dict[str, Any]:
     """Share of pixels whose argmax agrees between two runners on the images' pipeline windows."""
+    from tqdm import tqdm
+
     agree = pixels = crops = 0
-    for windows in windows_of(images, spec, options):
+    windows_per_image = windows_of(images, spec, options)
+    for windows in tqdm(windows_per_image, total=len(images), desc="int8 gate: agreement", unit="img",
+                        disable=None, leave=False, dynamic_ncols=True):
         for start in range(0, len(windows), batch_size):
             batch = windows[start:start + batch_size]
             expected, got = reference(batch), candidate(batch)
@@ -295,11 +300,14 @@ def pipeline_scores(runners: dict[str, BatchedRunner], data: GateData, spec: Pip
 
     Areas and averaging are `training.metrics`' (AreaMeter with its default absent-class policy).
     """
+    from tqdm import tqdm
+
     from training.evaluate import read_class_map
     from training.metrics import AreaMeter
 
     meters = {name: AreaMeter(spec.num_classes, data.ignore_label) for name in runners}
-    for item in data.scored:
+    for item in tqdm(data.scored, desc="int8 gate: mIoU fp32 and int8", unit="img", disable=None, leave=False,
+                     dynamic_ncols=True):
         image = read_rgb(item.image_path)
         target = read_class_map(item.label_path, "label")
         if data.label_mapping is not None:
@@ -314,11 +322,7 @@ def pipeline_scores(runners: dict[str, BatchedRunner], data: GateData, spec: Pip
             except ValueError as exc:
                 raise ExportError(f"label {item.label_path}: {exc}") from None
     names = list(data.class_names) or None
-    scores = {}
-    for name, meter in meters.items():
-        summary = meter.summary(names)
-        scores[name] = summary
-    return scores
+    return {name: meter.summary(names) for name, meter in meters.items()}
 
 
 def measure_int8(fp32_path: Path, int8_path: Path, data: GateData, spec: PipelineSpec,
