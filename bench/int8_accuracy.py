@@ -133,7 +133,7 @@ def print_table(rows: list[dict], threads: int, latency_images: int, load_before
     print(f"mIoU through the serving pipeline on the whole val list; agreement = argmax agreement with fp32 on the "
           f"held-out crops (the gate's figure); labels = pixel agreement of the final label maps and seconds per "
           f"image = pipeline latency, both on {latency_images} val images (median)\n")
-    header = (f"{'model':<9} {'variant':<36} {'mIoU':>7} {'drop pts':>8} {'agreement':>9} {'labels':>8} "
+    header = (f"{'model':<9} {'variant':<38} {'mIoU':>7} {'drop pts':>8} {'agreement':>9} {'labels':>8} "
               f"{'s/image':>8} {'x fp32':>6} {'default gate':>12}")
     print(header)
     print("-" * len(header))
@@ -145,7 +145,7 @@ def print_table(rows: list[dict], threads: int, latency_images: int, load_before
         agreement = f"{100 * r['agreement']:.2f}%" if r["agreement"] is not None else "-"
         labels = f"{100 * r['label_agreement']:.2f}%" if r["label_agreement"] is not None else "-"
         speed = base[r["model"]] / r["seconds"]
-        print(f"{r['model']:<9} {r['variant']:<36} {100 * r['miou']:>7.2f} {drop:>8} {agreement:>9} {labels:>8} "
+        print(f"{r['model']:<9} {r['variant']:<38} {100 * r['miou']:>7.2f} {drop:>8} {agreement:>9} {labels:>8} "
               f"{r['seconds']:>8.3f} {speed:>6.2f} {r['gate']:>12}")
 
 
