@@ -53,14 +53,14 @@ class SceneWindows:
 
         spec = PipelineSpec(crop, crop, 150, IMAGENET_MEAN, IMAGENET_STD, 512)
         scenes = [render_scene(class_styles(6), 384, 512, np.random.default_rng([7, i]))[0] for i in range(images)]
-        self.windows = [w for scene in scenes for w in pipeline_windows(scene, spec, InferenceOptions(flip=True))]
-        self._next = 0
+        self.crops = [w for scene in scenes for w in pipeline_windows(scene, spec, InferenceOptions(flip=True))]
+        self.windows = 0  # how many were fed (quantize_graph reports it)
 
     def get_next(self):
-        if self._next >= len(self.windows):
+        if self.windows >= len(self.crops):
             return None
-        self._next += 1
-        return {"input": self.windows[self._next - 1][None]}
+        self.windows += 1
+        return {"input": self.crops[self.windows - 1][None]}
 
 
 def quantize_for_bench(fp32_path: Path, int8_path: Path, crop: int, images: int, work: Path) -> dict:
