@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
+from PIL import Image
+
 from retraining.cli import pipeline_main
 from serving.repository import ModelRepository
 from tests.retraining.conftest import pipeline_args
@@ -42,3 +45,25 @@ def test_int8_into_an_fp32_model_is_refused_before_training(deployed, tmp_path, 
     (run,) = (tmp_path / "runs" / "syn").iterdir()
     assert not (run / "train").exists()
     assert ModelRepository(repo_dir).list_versions("syn") == [1]
+
+
+def test_a_failing_int8_gate_is_a_failed_gate_with_both_figures(deployed, tmp_path, tiny_training_overrides, capsys):
+    repo_dir = shutil.copytree(deployed[0], tmp_path / "repo")
+    before = sorted(str(p.relative_to(repo_dir)) for p in repo_dir.rglob("*"))
+    # One black calibration image (activation ranges far too narrow) and a strict floor: the
+    # export's int8 gate refuses the graph; the pipeline must report a failed gate, not an error.
+    flat = tmp_path / "black.png"
+    Image.fromarray(np.zeros((64, 80, 3), np.uint8)).save(flat)
+    (tmp_path / "calibration.txt").write_text(f"{flat}\n")
+    code = pipeline_main(pipeline_args(repo_dir, tmp_path / "runs", tiny_training_overrides, "--min-miou", "0",
+                                       "--name", "syn_int8", "--precision", "int8", "--calibration",
+                                       str(tmp_path / "calibration.txt"), "--min-agreement", "0.999"))
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert "gate int8 failed: argmax agreement with fp32" in err and "mIoU through the pipeline fp32" in err
+    assert sorted(str(p.relative_to(repo_dir)) for p in repo_dir.rglob("*")) == before
+    (run,) = (tmp_path / "runs" / "syn_int8").iterdir()
+    report = json.loads((run / "report.json").read_text())
+    assert report["outcome"] == "gate-failed" and report["published_version"] is None
+    assert report["int8"]["argmax_agreement"] < 0.999 and not report["int8"]["passed"]
+    assert [s["status"] for s in report["steps"]] == ["ok", "FAIL"]  # train, export: nothing evaluated or published
