@@ -17,8 +17,18 @@ The share of gateway time outside the model is 1 - (inference stage seconds, fro
 own /metrics histogram) / (client-side request seconds). The table also gives the pixel agreement
 of the two label maps.
 
+With `--precision int8` the same checkpoint is also exported as int8 (`sceneparse export
+--precision int8`: calibrated on the pipeline windows of 2 rendered scenes, the agreement
+measured on 2 others; with random weights the gate's thresholds are not applied, its figures
+are printed) and served by the same gateway as `<name>_int8`; each round then times the fp32
+and the int8 model through the gateway and the eager original, and the table adds the int8
+row and the int8 labels' agreement with fp32 (gateway fp32 and eager). Target on a VNNI CPU:
+int8 through the gateway >= 2.5x faster than the eager original. Random weights make the
+agreement a lower bound: a trained network's logits have far larger margins (docs/export.md).
+
     python bench/gateway.py                          # 1 warm-up, 3 timed rounds, export max batch 4
     python bench/gateway.py --repeats 5 --max-batch-size 2
+    python bench/gateway.py --precision int8
 """
 
 from __future__ import annotations
@@ -177,16 +187,41 @@ def stage_seconds(url: str) -> dict[str, float]:
     return sums
 
 
-def gateway_request(client, url: str, body: bytes) -> tuple[float, np.ndarray]:
+def gateway_request(client, url: str, body: bytes, model: str = NAME) -> tuple[float, np.ndarray]:
     from PIL import Image
 
     start = time.perf_counter()
-    response = client.post(f"{url}/v1/segment", params={"model": NAME, "output": "label", "flip": "true"},
+    response = client.post(f"{url}/v1/segment", params={"model": model, "output": "label", "flip": "true"},
                            content=body, headers={"Content-Type": "application/octet-stream"})
     seconds = time.perf_counter() - start
     if response.status_code != 200:
         raise RuntimeError(f"gateway answered {response.status_code}: {response.text[:500]}")
     return seconds, np.asarray(Image.open(io.BytesIO(response.content)))
+
+
+def export_int8(checkpoint: Path, repository: Path, work: Path, max_batch_size: int, height: int, width: int):
+    """Export the checkpoint as int8 into `repository` (`NAME_int8`), calibrated on rendered scenes."""
+    from PIL import Image
+
+    from export.exporter import export_checkpoint
+    from export.quantize import QuantizationOptions
+    from training.config import find_config, load_config
+
+    scenes = work / "scenes"
+    scenes.mkdir()
+    paths = []
+    for index in range(4):  # 2 to calibrate on, 2 held out; other seeds than the timed image
+        path = scenes / f"scene_{index}.png"
+        Image.fromarray(test_image(height, width, seed=100 + index)).save(path)
+        paths.append(path)
+    (scenes / "calibration.txt").write_text("".join(f"{p}\n" for p in paths[:2]))
+    (scenes / "held_out.txt").write_text("".join(f"{p}\n" for p in paths[2:]))  # no labels: agreement only
+    options = QuantizationOptions(calibration_list=str(scenes / "calibration.txt"), calibration_images=2,
+                                  val_list=str(scenes / "held_out.txt"), holdout_images=2,
+                                  min_agreement=0.0, max_miou_drop=1.0)  # random weights: report, do not gate
+    cfg = load_config(find_config(CONFIG), ["pretrained_backbone", "None"])
+    return export_checkpoint(cfg, checkpoint, repository, name=f"{NAME}_int8", max_batch_size=max_batch_size,
+                             simplify=False, int8=options)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -197,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=4, help="exported model's max batch (tiles per call)")
     parser.add_argument("--height", type=int, default=384)
     parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="int8: also serve an int8 export and time it beside fp32")
     args = parser.parse_args(argv)
+    int8 = args.precision == "int8"
 
     import httpx
     import torch
@@ -224,30 +262,45 @@ def main(argv: list[str] | None = None) -> int:
                                    max_batch_size=args.max_batch_size, simplify=False)
         print(f"exported {NAME} v{result.version} in {time.perf_counter() - tick:.0f} s "
               f"(max |delta logits| vs eager {result.parity.get('worst', {}).get('max_abs_delta', 'n/a')})", file=sys.stderr)
+        int8_result = None
+        if int8:
+            tick = time.perf_counter()
+            int8_result = export_int8(checkpoint, tmp / "repository", tmp, args.max_batch_size, args.height, args.width)
+            print(f"exported {NAME}_int8 v{int8_result.version} in {time.perf_counter() - tick:.0f} s", file=sys.stderr)
         eager = EagerOriginal(checkpoint, cfg, result.metadata.mean, result.metadata.std)
+        load_before = os.getloadavg()[0]
         process, url = start_gateway(tmp / "repository", args.threads, tmp / "gateway.log")
         try:
             with httpx.Client(timeout=600) as client:
                 for _ in range(args.warmup):
                     gateway_request(client, url, body)
+                    if int8:
+                        gateway_request(client, url, body, f"{NAME}_int8")
                     eager(image)
-                gateway_times, eager_times, inference = [], [], []
+                gateway_times, eager_times, inference, int8_times, int8_inference = [], [], [], [], []
                 for round_ in range(args.repeats):
                     before = stage_seconds(url)
                     seconds, gateway_label = gateway_request(client, url, body)
                     after = stage_seconds(url)
                     gateway_times.append(seconds)
                     inference.append(after["inference"] - before["inference"])
+                    stages = {k: v - before.get(k, 0.0) for k, v in after.items()}
                     # Idle thread pools spin for a while after their work (OpenMP, ONNX Runtime):
                     # let them settle so that neither way runs beside the other's spinning.
                     time.sleep(1.0)
+                    if int8:
+                        before = stage_seconds(url)
+                        int8_seconds, int8_label = gateway_request(client, url, body, f"{NAME}_int8")
+                        int8_times.append(int8_seconds)
+                        int8_inference.append(stage_seconds(url)["inference"] - before["inference"])
+                        time.sleep(1.0)
                     start = time.perf_counter()
                     eager_label = eager(image)
                     eager_times.append(time.perf_counter() - start)
                     time.sleep(1.0)
-                    print(f"  round {round_ + 1}: gateway {seconds:.2f} s (model {inference[-1]:.2f} s), "
+                    extra = f", int8 {int8_times[-1]:.2f} s (model {int8_inference[-1]:.2f} s)" if int8 else ""
+                    print(f"  round {round_ + 1}: gateway {seconds:.2f} s (model {inference[-1]:.2f} s){extra}, "
                           f"eager {eager_times[-1]:.2f} s", file=sys.stderr)
-                stages = {k: v - before.get(k, 0.0) for k, v in after.items()}
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -256,17 +309,33 @@ def main(argv: list[str] | None = None) -> int:
     gateway_s, eager_s = statistics.median(gateway_times), statistics.median(eager_times)
     outside = [1.0 - m / g for m, g in zip(inference, gateway_times, strict=True)]
     load = os.getloadavg()[0]
-    print(f"\nPSPNet-50, ADE20K config (150 classes, crop {cfg.test_h}), random weights; {args.width}x{args.height} "
+    from sceneparse.cpu import describe_cpu
+
+    print(f"\n{describe_cpu(args.threads)}")
+    print(f"PSPNet-50, ADE20K config (150 classes, crop {cfg.test_h}), random weights; {args.width}x{args.height} "
           f"PNG, scale 1.0 + flip: {windows} windows x 2 = {2 * windows} crops; {args.threads} threads; "
-          f"export max batch {args.max_batch_size}; {args.repeats} rounds (median, min); load average now {load:.1f}\n")
+          f"export max batch {args.max_batch_size}; {args.repeats} rounds (median, min); load average "
+          f"{load_before:.1f} before, {load:.1f} after\n")
     header = f"{'way':<36} {'seconds':>15} {'speed-up':>9} {'outside model':>14}"
     print(header)
     print("-" * len(header))
     print(f"{'eager PyTorch, original test script':<36} {eager_s:>7.2f} ({min(eager_times):.2f}) {1.0:>9.2f} {'-':>14}")
     print(f"{'gateway, ONNX Runtime CPU, HTTP':<36} {gateway_s:>7.2f} ({min(gateway_times):.2f}) "
           f"{eager_s / gateway_s:>9.2f} {100 * statistics.median(outside):>13.1f}%")
+    if int8:
+        int8_s = statistics.median(int8_times)
+        int8_outside = statistics.median([1.0 - m / g for m, g in zip(int8_inference, int8_times, strict=True)])
+        print(f"{'gateway, int8 (QDQ), ONNX Runtime CPU':<36} {int8_s:>7.2f} ({min(int8_times):.2f}) "
+              f"{eager_s / int8_s:>9.2f} {100 * int8_outside:>13.1f}%")
     print("\nlast gateway request by stage (s): " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(stages.items())))
     print(f"label agreement gateway vs eager: {100 * agreement:.4f}% of pixels")
+    if int8:
+        gate = int8_result.parity["int8"]
+        print(f"label agreement int8 vs fp32: {100 * float((int8_label == gateway_label).mean()):.2f}% of pixels "
+              f"(gateway fp32), {100 * float((int8_label == eager_label).mean()):.2f}% (eager); export's held-out "
+              f"crops: {100 * gate['argmax_agreement']:.2f}% (random weights: a lower bound)")
+        print(f"int8 / fp32 through the gateway: {gateway_s / int8_s:.2f}x faster; target int8 >= 2.5x faster than "
+              f"eager: {eager_s / int8_s:.2f}x ({'met' if eager_s / int8_s >= 2.5 else 'NOT met'})")
     print(f"targets: speed-up >= 1.30 ({'met' if eager_s / gateway_s >= 1.3 else 'NOT met'}), "
           f"outside model <= 10% ({'met' if statistics.median(outside) <= 0.10 else 'NOT met'})")
     return 0

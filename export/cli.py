@@ -3,6 +3,8 @@
     sceneparse export --config CFG --checkpoint CKPT [--name NAME] [--format onnx,torchscript]
                       [--repository model_repository] [--version N|auto] [--fp16]
                       [--max-batch-size 8] [--opset 17] [--logits crop|feature] [--no-simplify]
+                      [--precision fp32|fp16|int8 [--calibration LIST] [--calibration-images N]
+                       [--val-list LIST] [--min-agreement 0.99] [--max-miou-drop 0.005] ...]
     sceneparse export --manifest exports.yaml [--repository DIR]
 
 Exit status: 0 published, 1 the export (or any manifest entry) failed, 2 bad arguments.
@@ -24,7 +26,13 @@ def _formats(text: str) -> list[str]:
 
 # Options of one export; a manifest carries them per entry (or in its defaults) instead.
 PER_EXPORT_OPTIONS = ("name", "format", "version", "fp16", "max_batch_size", "opset", "logits", "simplify",
-                      "num_versions", "instance_kind")
+                      "num_versions", "instance_kind", "precision", "calibration", "calibration_images", "val_list",
+                      "holdout_images", "gate_images", "min_agreement", "max_miou_drop", "keep_fp32",
+                      "calibration_method")
+
+
+def _groups(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip() and part.strip() != "none")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated: onnx, torchscript; the first sets config.pbtxt's platform (default onnx)")
     parser.add_argument("--repository", default=None, help=f"model repository root (default {DEFAULT_REPOSITORY})")
     parser.add_argument("--version", default="auto", help="version number, or auto for the next free one (default)")
-    parser.add_argument("--fp16", action="store_true", help="export in half precision")
+    parser.add_argument("--fp16", action="store_true", help="export in half precision (= --precision fp16)")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                        help="fp32 (default), fp16, or int8 (ONNX Runtime static quantization, gated against fp32)")
+    _int8_arguments(parser)
     parser.add_argument("--max-batch-size", type=int, default=8, help="Triton max_batch_size, largest verified batch")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     parser.add_argument("--logits", choices=("crop", "feature"), default=None,
@@ -56,13 +67,56 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _int8_arguments(parser: argparse.ArgumentParser) -> None:
+    from export.quantize import (
+        CALIBRATION_METHODS,
+        DEFAULT_KEEP_FP32,
+        MAX_MIOU_DROP,
+        MIN_AGREEMENT,
+        QuantizationOptions,
+    )
+
+    defaults = QuantizationOptions()
+    group = parser.add_argument_group("int8 (with --precision int8; docs/export.md)")
+    group.add_argument("--calibration", default=None, help="list file of calibration images (default: the config's train_list)")
+    group.add_argument("--calibration-images", type=int, default=defaults.calibration_images,
+                       help=f"calibration images, evenly spaced over the list (default {defaults.calibration_images})")
+    group.add_argument("--val-list", default=None,
+                       help="held-out images for the gate; with labels, the mIoU gate too (default: the config's val_list)")
+    group.add_argument("--holdout-images", type=int, default=defaults.holdout_images,
+                       help=f"images whose windows measure the argmax agreement (default {defaults.holdout_images})")
+    group.add_argument("--gate-images", type=int, default=0, help="val images for the mIoU gate (default 0: all)")
+    group.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
+                       help=f"lowest argmax agreement with fp32 on held-out crops (default {MIN_AGREEMENT})")
+    group.add_argument("--max-miou-drop", type=float, default=MAX_MIOU_DROP,
+                       help=f"largest mIoU drop from fp32, through the pipeline (default {MAX_MIOU_DROP} = 0.5 points)")
+    group.add_argument("--keep-fp32", type=_groups, default=DEFAULT_KEEP_FP32,
+                       help=f"node groups left in fp32: classifier, attention, none (default {','.join(DEFAULT_KEEP_FP32)})")
+    group.add_argument("--calibration-method", choices=CALIBRATION_METHODS, default="minmax",
+                       help="activation range calibration (default minmax)")
+
+
+def _quantization(args):
+    """QuantizationOptions for --precision int8, else None (int8 options without it are an error)."""
+    from export.quantize import QuantizationOptions
+
+    if args.precision != "int8":
+        return None
+    return QuantizationOptions(
+        calibration_list=args.calibration, calibration_images=args.calibration_images, val_list=args.val_list,
+        holdout_images=args.holdout_images, gate_images=args.gate_images, min_agreement=args.min_agreement,
+        max_miou_drop=args.max_miou_drop, keep_fp32=args.keep_fp32, method=args.calibration_method)
+
+
 def _export_one(args) -> int:
     from tqdm import tqdm
 
     from export.exporter import DEFAULT_LOGITS, export_checkpoint
 
     stages = ["load", *(f"export {f}" for f in args.format), "verify"]
-    stages += ["onnxslim"] if "onnx" in args.format and args.simplify else []
+    int8 = _quantization(args)
+    stages += ["onnxslim"] if "onnx" in args.format and args.simplify and int8 is None else []
+    stages += ["int8", "int8 gate"] if int8 is not None else []
     stages += ["publish"]
     bar = tqdm(total=len(stages), desc="export", unit="stage", disable=args.quiet, dynamic_ncols=True)
 
@@ -77,9 +131,9 @@ def _export_one(args) -> int:
     try:
         result = export_checkpoint(
             args.config, args.checkpoint, args.repository or DEFAULT_REPOSITORY, name=args.name, formats=args.format,
-            version=args.version, fp16=args.fp16, max_batch_size=args.max_batch_size, opset=args.opset,
-            logits=args.logits or DEFAULT_LOGITS, simplify=args.simplify, num_versions=args.num_versions,
-            instance_kind=args.instance_kind, progress=progress,
+            version=args.version, fp16=args.fp16 or args.precision == "fp16", max_batch_size=args.max_batch_size,
+            opset=args.opset, logits=args.logits or DEFAULT_LOGITS, simplify=args.simplify,
+            num_versions=args.num_versions, instance_kind=args.instance_kind, progress=progress, int8=int8,
         )
         bar.update(bar.total - bar.n)
     finally:
@@ -93,6 +147,10 @@ def _export_one(args) -> int:
           f"argmax agreement {100 * worst['argmax_agreement']:.3f}%")
     if slim:
         print(f"  onnxslim: {'kept' if slim.get('kept') else 'not kept'} ({slim.get('reason', '')})")
+    if "int8" in result.parity:
+        from export.quantize import describe_gate
+
+        print(f"  int8 gate passed: {describe_gate(result.parity['int8'])}")
     return 0
 
 
@@ -112,6 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.config and not args.checkpoint:
         parser.error("--checkpoint is required with --config")
+    if args.fp16 and args.precision not in (None, "fp16"):
+        parser.error(f"--fp16 contradicts --precision {args.precision}")
+    if args.precision != "int8" and not args.manifest:
+        defaults = parser.parse_args(["--config", "c", "--checkpoint", "c"])
+        given = [f"--{dest.replace('_', '-')}" for dest in PER_EXPORT_OPTIONS[PER_EXPORT_OPTIONS.index("calibration"):]
+                 if getattr(args, dest) != getattr(defaults, dest)]
+        if given:
+            parser.error(f"{', '.join(given)} go(es) with --precision int8")
     if args.manifest and args.checkpoint:
         parser.error("--checkpoint goes with --config; a manifest names its own checkpoints")
     if args.manifest:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from export.errors import ExportError, VerificationError
 from export.graph import LOGITS_CHOICES, export_module
 from export.onnx_file import OrtRunner, check_onnx, try_onnxslim, write_onnx
+from export.quantize import QuantizationOptions
 from export.torchscript_file import TorchScriptRunner, write_torchscript
 from export.triton_config import DEFAULT_FILENAMES, PLATFORMS, TritonModelConfig, tensor_names
 from export.verify import (
@@ -99,6 +100,11 @@ class ExportOptions:
     num_versions: int = 2
     instance_kind: str = "KIND_AUTO"
     seed: int = 0
+    int8: QuantizationOptions | None = None  # None: no quantization
+
+    @property
+    def precision(self) -> str:
+        return "int8" if self.int8 is not None else "fp16" if self.fp16 else "fp32"
 
 
 # --- step 1: the request -----------------------------------------------------------------------
@@ -114,6 +120,12 @@ def _check_options(options: ExportOptions) -> None:
         raise ExportError(f"ONNX opset must be between 13 and 21, got {options.opset}")
     if options.logits not in LOGITS_CHOICES:
         raise ExportError(f"logits must be one of {', '.join(LOGITS_CHOICES)}, got {options.logits!r}")
+    if options.int8 is not None:
+        if options.fp16:
+            raise ExportError("choose one precision: int8 or fp16")
+        if tuple(options.formats) != ("onnx",):
+            raise ExportError(f"int8 is exported as ONNX only (ONNX Runtime's QDQ format), not {list(options.formats)}")
+        options.int8.check()
 
 
 def _parse_version(version: int | str) -> int | str:
@@ -126,6 +138,24 @@ def _parse_version(version: int | str) -> int | str:
     if number < 1:
         raise ExportError(f"version must be >= 1, got {number}")
     return number
+
+
+def _check_precision(repository: ModelRepository, name: str, precision: str) -> None:
+    """Refuse early (before any heavy work) a precision other than the model's published one.
+
+    Precision is part of a model's tensor contract (serving.repository.TENSOR_CONTRACT): an
+    int8 model lives under a name of its own (default `<name>_int8`), beside its fp32 source,
+    so that a rollback or a new version never silently changes a model's accuracy.
+    """
+    try:
+        versions = repository.list_versions(name) if repository.root.is_dir() else []
+        newest = repository.read_metadata(name, versions[-1]) if versions else None
+    except RepositoryError:
+        return  # publish_version judges unreadable versions
+    if newest is not None and newest.precision != precision:
+        raise ExportError(
+            f"model {name!r} serves {newest.precision} versions; precision is part of a model's tensor contract, "
+            f"so {precision} goes under a name of its own (e.g. --name {name}_{precision})")
 
 
 def _check_repository(repository: ModelRepository, name: str, version: int | str) -> None:
@@ -266,7 +296,10 @@ def _require_upsample_parity(upsample: Mapping[str, Any], fp16: bool) -> None:
 
 def _build_files(model, work: Path, crop: tuple[int, int], options: ExportOptions, names: tuple[str, str],
                  mean_std: tuple[list[float], list[float]], timings: dict[str, float], progress: Progress) -> tuple[dict[str, Path], dict[str, Any], tuple[int, int]]:
-    """Export each requested format into `work`, verify, slim. Returns (files, parity, output_hw)."""
+    """Export each requested format into `work`, verify, slim. Returns (files, parity, output_hw).
+
+    An int8 export gets its fp32 graph verified here; export.quantize turns it into int8 after.
+    """
     crop_h, crop_w = crop
     dtype = torch.float16 if options.fp16 else torch.float32
     # Batch 2 when allowed, so that nothing batch-1 specific (squeezes) is baked into the graph.
@@ -319,7 +352,7 @@ def _build_files(model, work: Path, crop: tuple[int, int], options: ExportOption
     timings["verify"] = time.perf_counter() - tick
     del runners
 
-    if "onnx" in files and options.simplify:
+    if "onnx" in files and options.simplify and options.int8 is None:
         progress("onnxslim")
         tick = time.perf_counter()
         probe = next(iter(inputs.values())).astype(np.float16 if options.fp16 else np.float32)
@@ -368,6 +401,7 @@ def export_checkpoint(
     metrics: Mapping[str, Any] | None = None,
     seed: int = 0,
     progress: Progress | None = None,
+    int8: QuantizationOptions | None = None,
 ) -> ExportResult:
     """Export a checkpoint to ONNX and/or TorchScript, verify it and publish it as a new version.
 
@@ -390,6 +424,10 @@ def export_checkpoint(
         metrics: evaluation figures to store in the metadata (default: the checkpoint's own).
         seed: seed of the random verification inputs.
         progress: called with the name of each stage as it starts.
+        int8: quantize the verified fp32 ONNX graph to int8 (export.quantize), calibrated and
+            gated as these options say; the version's precision is then "int8", the default
+            name `<dataset>_<arch><layers>_int8`, and the gate's figures go to parity["int8"]
+            (and its int8 mIoU to metrics, unless `metrics` is given).
     Returns:
         ExportResult. Raises ExportError (VerificationError when parity fails) with one clear
         message; on any failure the repository is left as it was.
@@ -398,7 +436,7 @@ def export_checkpoint(
     timings: dict[str, float] = {}
     started = time.perf_counter()
     options = ExportOptions(tuple(formats), bool(fp16), int(max_batch_size), int(opset), logits, bool(simplify),
-                            int(num_versions), instance_kind, int(seed))
+                            int(num_versions), instance_kind, int(seed), int8)
     _check_options(options)
     version = _parse_version(version)
     repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
@@ -408,10 +446,17 @@ def export_checkpoint(
     config = _load_config(cfg)
     info = _dataset(config)
     try:
-        name = validate_model_name(name or default_model_name(config, info.name))
+        suffix = "_int8" if options.int8 is not None else ""
+        name = validate_model_name(name or default_model_name(config, info.name) + suffix)
     except RepositoryError as exc:
         raise ExportError(str(exc)) from None
     _check_repository(repo, name, version)
+    _check_precision(repo, name, options.precision)
+    int8_data = None
+    if options.int8 is not None:
+        from export.quantize import gate_data
+
+        int8_data = gate_data(config, options.int8, list(info.classes))  # lists are checked before heavy work
     checkpoint = Path(checkpoint)
     if not checkpoint.exists():
         raise ExportError(f"checkpoint {checkpoint}: no such file")
@@ -424,10 +469,20 @@ def export_checkpoint(
     crop = (int(config["test_h"]), int(config["test_w"]))
     primary = options.formats[0]
     names = tensor_names(primary)
-    precision = "fp16" if options.fp16 else "fp32"
+    precision = options.precision
     mean, std = _mean_std(config)
     with tempfile.TemporaryDirectory(prefix="sceneparse-export-") as tmp:
         files, parity, out_hw = _build_files(model, Path(tmp), crop, options, names, (mean, std), timings, progress)
+        if options.int8 is not None:
+            tick = time.perf_counter()
+            progress("int8")
+            files["onnx"], parity["int8"] = _quantize(files["onnx"], Path(tmp), config, int8_data, crop,
+                                                      (mean, std), options, names[0], progress)
+            if metrics is None and parity["int8"].get("int8_metrics"):
+                metrics = parity["int8"]["int8_metrics"]  # the int8 graph's own figures, through the pipeline
+            parity["int8"].pop("int8_metrics", None)
+            parity["onnxslim"] = {"kept": False, "reason": "not tried for int8"}
+            timings["int8"] = time.perf_counter() - tick
         parity["options"] = {"logits": options.logits, "opset": options.opset, "formats": list(options.formats),
                              "seed": options.seed}
         meta = ModelMetadata(
@@ -466,7 +521,8 @@ def export_checkpoint(
             raise ExportError(f"dataset {info.name!r} has {meta.num_classes} classes, the model {out_channels}")
         triton = TritonModelConfig(
             name=name, fmt=primary, input_dims=(3, *crop), output_dims=(meta.num_classes, *out_hw),
-            precision=precision, max_batch_size=options.max_batch_size, num_versions=options.num_versions,
+            # An int8 (QDQ) graph takes and returns float32: quantization is inside it.
+            precision="fp32" if precision == "int8" else precision, max_batch_size=options.max_batch_size, num_versions=options.num_versions,
             instance_kind=options.instance_kind,
         )
         try:
@@ -488,6 +544,22 @@ def export_checkpoint(
     timings["total"] = time.perf_counter() - started
     return ExportResult(name=name, version=number, path=path, files=dict(meta.files), metadata=meta,
                         parity=meta.parity, seconds=timings)
+
+
+def _quantize(fp32_path: Path, work: Path, config, data, crop: tuple[int, int],
+              mean_std: tuple[list[float], list[float]], options: ExportOptions, input_name: str,
+              progress: Progress) -> tuple[Path, dict[str, Any]]:
+    """The int8 graph of the verified fp32 one, with the int8 gate's figures (export.quantize)."""
+    from export.quantize import build_int8
+    from serving.pipeline import InferenceOptions, PipelineSpec
+
+    spec = PipelineSpec(crop[0], crop[1], int(config["classes"]), tuple(mean_std[0]), tuple(mean_std[1]),
+                        int(config["base_size"]))
+    inference = InferenceOptions(scales=tuple(float(s) for s in config["scales"]), flip=bool(config.get("flip", True)))
+    int8_dir = work / "int8"
+    int8_dir.mkdir()
+    return build_int8(fp32_path, int8_dir / fp32_path.name, work, data, spec, inference, options.int8, input_name,
+                      options.max_batch_size, progress)
 
 
 def copy_into(source: Path, target: Path) -> None:

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from export.errors import ExportError
 from serving.repository import ModelRepository, RepositoryError
 
 
@@ -19,6 +20,33 @@ def _notify_arguments(parser: argparse.ArgumentParser) -> None:
                        help="admin API key for the gateway (default: $SCENEPARSE_ADMIN_KEY)")
     group.add_argument("--triton-url", help="Triton server (explicit model control) to send a load request to")
     group.add_argument("--triton-protocol", choices=("http", "grpc"), default="http")
+
+
+def _int8_arguments(parser: argparse.ArgumentParser) -> None:
+    from export.quantize import MAX_MIOU_DROP, MIN_AGREEMENT, QuantizationOptions
+
+    defaults = QuantizationOptions()
+    group = parser.add_argument_group("precision (docs/export.md, int8)")
+    group.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                       help="fp32 (default) or int8; a model's versions share one precision")
+    group.add_argument("--calibration", default=None, help="int8: calibration list (default: the config's train_list)")
+    group.add_argument("--calibration-images", type=int, default=defaults.calibration_images,
+                       help=f"int8: calibration images (default {defaults.calibration_images})")
+    group.add_argument("--min-agreement", type=float, default=MIN_AGREEMENT,
+                       help=f"int8: lowest argmax agreement with fp32 on held-out crops (default {MIN_AGREEMENT})")
+    group.add_argument("--max-miou-drop", type=float, default=MAX_MIOU_DROP,
+                       help=f"int8: largest mIoU drop from fp32 through the pipeline (default {MAX_MIOU_DROP})")
+
+
+def _quantization(args):
+    from export.quantize import QuantizationOptions
+
+    if args.precision != "int8":
+        return None
+    options = QuantizationOptions(calibration_list=args.calibration, calibration_images=args.calibration_images,
+                                  min_agreement=args.min_agreement, max_miou_drop=args.max_miou_drop)
+    options.check()
+    return options
 
 
 def pipeline_main(argv: Sequence[str] | None = None) -> int:
@@ -42,7 +70,8 @@ def pipeline_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpu-processes", type=int, default=1, help="gloo processes when training on the CPU")
     parser.add_argument("--max-batch-size", type=int, default=None,
                         help="exported model's max batch size (default: the deployed version's, else 4)")
-    parser.add_argument("--dry-run", action="store_true", help="train, evaluate, gate and export; publish nothing")
+    parser.add_argument("--dry-run", action="store_true", help="train, export, evaluate and gate; publish nothing")
+    _int8_arguments(parser)
     _notify_arguments(parser)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="training config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
@@ -55,9 +84,9 @@ def pipeline_main(argv: Sequence[str] | None = None) -> int:
             from_deployed=args.from_deployed, policy=policy, dry_run=args.dry_run, keep_last=args.keep_last,
             runs=args.runs, gateway_urls=args.gateway_url, admin_key=args.admin_key, triton_url=args.triton_url,
             triton_protocol=args.triton_protocol, cpu_processes=args.cpu_processes,
-            max_batch_size=args.max_batch_size)
+            max_batch_size=args.max_batch_size, int8=_quantization(args))
         outcome = run_pipeline(request)
-    except (ValueError, RepositoryError) as exc:
+    except (ValueError, RepositoryError, ExportError) as exc:
         print(f"sceneparse pipeline: {exc}", file=sys.stderr)
         return 2
     report = outcome.report

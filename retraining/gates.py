@@ -87,3 +87,11 @@ def check_gates(candidate: dict[str, Any], deployed: dict[str, Any] | None, poli
             checks.append(GateCheck("class-regression", False,
                                     f"per-class IoU lists differ in length ({len(old)} vs {len(new)}): classes changed"))
     return GateResult(all(c.passed for c in checks), checks)
+
+
+def int8_check(figures: dict[str, Any]) -> GateCheck:
+    """The int8 gate of an export (export.quantize.measure_int8's figures) as one check; its detail
+    gives both figures: argmax agreement with fp32 on held-out crops and the mIoU drop."""
+    from export.quantize import describe_gate
+
+    return GateCheck("int8", bool(figures["passed"]), describe_gate(figures))

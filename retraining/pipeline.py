@@ -1,10 +1,17 @@
-"""`sceneparse pipeline`: retrain, evaluate, gate, export, publish, notify — safe to kill at any step.
+"""`sceneparse pipeline`: retrain, export, evaluate, gate, publish, notify — safe to kill at any step.
 
-Each run lives in `<runs>/<name>/<timestamp>/` (checkpoints, evaluation, a staged export and the
-report). Export writes into a staging repository inside the run, so a failed export or a failed
-gate never touches the real repository; publishing copies the staged version into the real one
-through `ModelRepository.publish_version` (lock + staging directory + atomic rename), so a kill
-at any moment leaves either the old set of versions or the old set plus one complete new version.
+Each run lives in `<runs>/<name>/<timestamp>/` (checkpoints, a staged export, its evaluation and
+the report). Export writes into a staging repository inside the run, so a failed export or a
+failed gate never touches the real repository; publishing copies the staged version into the
+real one through `ModelRepository.publish_version` (lock + staging directory + atomic rename), so
+a kill at any moment leaves either the old set of versions or the old set plus one complete new
+version.
+
+The gates judge the artifact about to be published, not the eager checkpoint: the evaluate step
+runs the staged version's own file through the serving pipeline (`sceneparse test --repository`,
+training.evaluate_deployed). With `--precision int8` the export quantizes and applies the int8
+gate (agreement with fp32 on held-out crops, mIoU drop through the pipeline); a refusal there
+is a failed gate (exit 3) whose message gives both figures.
 """
 
 from __future__ import annotations
@@ -15,9 +22,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from retraining.gates import GatePolicy, check_gates
+from retraining.gates import GatePolicy, GateResult, check_gates, int8_check
 from retraining.report import write_report
 from retraining.versions import apply_retention
 from serving.repository import (
@@ -31,7 +38,10 @@ from serving.repository import (
     atomic_write_text,
 )
 
-STEPS = ("train", "evaluate", "gate", "export", "publish", "notify")
+if TYPE_CHECKING:  # export (and torch) is imported only when a run exports
+    from export.quantize import QuantizationOptions
+
+STEPS = ("train", "export", "evaluate", "gate", "publish", "notify")
 
 
 class PipelineError(RuntimeError):
@@ -56,6 +66,11 @@ class PipelineRequest:
     cpu_processes: int = 1
     formats: tuple[str, ...] = ("onnx",)
     max_batch_size: int | None = None  # None: the deployed version's (a model's versions share it), else 4
+    int8: QuantizationOptions | None = None  # export int8 with these calibration and gate settings
+
+    @property
+    def precision(self) -> str:
+        return "fp32" if self.int8 is None else "int8"
 
 
 @dataclass
@@ -136,6 +151,14 @@ def _evaluation_config(cfg, checkpoint: Path, run: _Run):
                        "index_start": 0, "index_step": 0})
 
 
+def _record_metrics(staged_dir: Path, metrics: dict[str, Any]) -> None:
+    """Store the staged version's own evaluation in its metadata before it is published."""
+    path = staged_dir / METADATA_FILE
+    data = json.loads(path.read_text())
+    data["metrics"] = json.loads(json.dumps(metrics, default=str))
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
 def _publish_staged(repo: ModelRepository, staged_dir: Path, name: str) -> int:
     """Copy a staged version (files + metadata) into the real repository as its next version."""
     staged_model = staged_dir.parent
@@ -194,6 +217,11 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
     step = "train"
     try:
         started = run.start("train")
+        if deployed is not None and deployed.precision != request.precision:
+            raise PipelineError(
+                f"model {request.name!r} serves {deployed.precision} versions and this run exports "
+                f"{request.precision}; precision is part of a model's tensor contract, so publish it under "
+                f"a name of its own (e.g. --name {request.name}_{request.precision})")
         cfg = _training_config(request, run, deployed)
         from training.train import run_training
 
@@ -202,35 +230,49 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
         report["checkpoint"] = str(checkpoint)
         run.done("train", started)
 
+        step = "export"
+        started = run.start("export")
+        from export.exporter import export_checkpoint
+        from export.quantize import Int8GateError
+
+        try:
+            staged = export_checkpoint(cfg, checkpoint, run.dir / "staged_repository", name=request.name,
+                                       formats=request.formats, max_batch_size=_max_batch_size(request, deployed),
+                                       num_versions=request.keep_last, int8=request.int8)
+        except Int8GateError as exc:
+            report["int8"] = json.loads(json.dumps(exc.figures, default=str))
+            report["gates"] = GateResult(False, [int8_check(exc.figures)]).to_dict()
+            run.done("export", started, "FAIL")
+            outcome.outcome = report["outcome"] = "gate-failed"
+            return outcome
+        report["parity"] = staged.parity
+        report["staged_version"] = {"path": str(staged.path), "precision": staged.metadata.precision}
+        run.done("export", started)
+
         step = "evaluate"
         started = run.start("evaluate")
         from training.datasets import dataset_info_for_config
-        from training.evaluate import evaluate_dataset
+        from training.evaluate_deployed import evaluate_deployed
 
-        candidate = evaluate_dataset(_evaluation_config(cfg, checkpoint, run), progress=True)
+        # The staged version's own file, through the serving pipeline: what would be published.
+        candidate = evaluate_deployed(staged.path.parent.parent, staged.name, staged.version,
+                                      _evaluation_config(cfg, checkpoint, run), progress=True)
         class_names = list(dataset_info_for_config(cfg).classes)
         report["candidate_metrics"] = {k: candidate[k] for k in ("mIoU", "mAcc", "aAcc", "per_class") if k in candidate}
+        _record_metrics(staged.path, report["candidate_metrics"])
         run.done("evaluate", started)
 
         step = "gate"
         started = run.start("gate")
         gates = check_gates(report["candidate_metrics"], deployed.metrics if deployed else None,
                             request.policy, class_names)
+        if "int8" in staged.parity:  # passed at export (a failure stops there), reported beside the others
+            gates = GateResult(gates.passed, [*gates.checks, int8_check(staged.parity["int8"])])
         report["gates"] = gates.to_dict()
         run.done("gate", started, "pass" if gates.passed else "FAIL")
         if not gates.passed:
             outcome.outcome = report["outcome"] = "gate-failed"
             return outcome
-
-        step = "export"
-        started = run.start("export")
-        from export.exporter import export_checkpoint
-
-        staged = export_checkpoint(cfg, checkpoint, run.dir / "staged_repository", name=request.name,
-                                   formats=request.formats, max_batch_size=_max_batch_size(request, deployed),
-                                   num_versions=request.keep_last, metrics=report["candidate_metrics"])
-        report["parity"] = staged.parity
-        run.done("export", started)
         if request.dry_run:
             outcome.outcome = report["outcome"] = "dry-run"
             return outcome

@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
-            expose_headers=["X-Model-Name", "X-Model-Version", "Retry-After"],
+            expose_headers=["X-Model-Name", "X-Model-Version", "X-Model-Precision", "Retry-After"],
         )
     app.add_middleware(RequestMetrics, metrics=gateway_metrics)
     return app

@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.fixtures.synthetic",
     "tests.fixtures.repository",
+    "tests.fixtures.int8",
     "tests.serving.triton.fixtures",
 ]

@@ -85,7 +85,11 @@ def _pick_backend(requested: str | None, use_cuda: bool) -> str:
         if requested not in (None, "", "gloo"):
             print(f"note: dist_backend {requested!r} needs CUDA; using gloo on the CPU", file=sys.stderr)
         return "gloo"
-    return requested or "nccl"
+    backend = requested or "nccl"
+    # NCCL takes CUDA tensors only: a group made with plain "nccl" refuses the CPU tensors the
+    # loop reduces (reduce_mean of the epoch's losses: "No backend type associated with device
+    # type cpu"). Gloo carries those; SyncBatchNorm and the metric areas stay on NCCL.
+    return "cpu:gloo,cuda:nccl" if backend == "nccl" else backend
 
 
 def init_distributed_mode(

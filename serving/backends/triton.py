@@ -26,8 +26,8 @@ from serving.backends.base import Backend, BackendUnavailable, ModelRunner
 from serving.repository import ModelMetadata, ModelRepository
 
 PROTOCOLS = ("http", "grpc")
-# Triton datatypes for ModelMetadata.precision.
-_DATATYPES = {"fp32": ("FP32", np.float32), "fp16": ("FP16", np.float16)}
+# Triton datatypes of the input tensor for ModelMetadata.precision (an int8 QDQ graph takes float32).
+_DATATYPES = {"fp32": ("FP32", np.float32), "fp16": ("FP16", np.float16), "int8": ("FP32", np.float32)}
 
 T = TypeVar("T")
 # Messages of errors Triton itself returns with gRPC status UNAVAILABLE.

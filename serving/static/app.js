@@ -61,7 +61,7 @@ async function loadModels() {
   for (const model of models) {
     const option = document.createElement("option");
     option.value = model.name;
-    option.textContent = `${model.name} v${model.version} (${model.dataset}, ${model.num_classes} classes)`;
+    option.textContent = `${model.name} v${model.version} (${model.dataset}, ${model.num_classes} classes, ${model.precision})`;
     option.selected = model.default;
     select.append(option);
   }
@@ -119,7 +119,7 @@ async function segment(file) {
   showLegend(result.classes);
   $("results").hidden = false;
   const ms = Math.round(performance.now() - started);
-  setStatus(`${result.model} v${result.version}: ${result.width}×${result.height}, ` +
+  setStatus(`${result.model} v${result.version} (${result.precision}): ${result.width}×${result.height}, ` +
             `${result.tiles} crops, ${ms} ms`);
 }
 

@@ -32,7 +32,25 @@ def _describe(entry: LoadedModel, versions: list[int], backend: str, default: st
         "flip": meta.flip,
         "max_batch_size": meta.max_batch_size,
         "precision": meta.precision,
+        "quantization": quantization_summary(meta),
         "backend": backend,
+    }
+
+
+def quantization_summary(meta) -> dict[str, Any] | None:
+    """An int8 version's gate figures, as measured at export against its fp32 graph; None otherwise."""
+    gate = meta.parity.get("int8") if isinstance(meta.parity, dict) else None
+    if meta.precision != "int8" or not isinstance(gate, dict):
+        return None
+    miou = gate.get("miou") or {}
+    return {
+        "argmax_agreement": gate.get("argmax_agreement"),
+        "held_out_crops": (gate.get("agreement") or {}).get("crops"),
+        "miou_fp32": miou.get("fp32"),
+        "miou_int8": miou.get("int8"),
+        "miou_drop": gate.get("miou_drop"),
+        "criteria": gate.get("criteria"),
+        "kept_fp32": (gate.get("options") or {}).get("keep_fp32"),
     }
 
 

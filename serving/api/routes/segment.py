@@ -151,7 +151,8 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
     metrics.observe_stages(seconds)
     metrics.tiles.observe(tiles)
     return Response(body, media_type=media_type,
-                    headers={"X-Model-Name": loaded.name, "X-Model-Version": str(loaded.version)})
+                    headers={"X-Model-Name": loaded.name, "X-Model-Version": str(loaded.version),
+                             "X-Model-Precision": loaded.meta.precision})
 
 
 async def _receive_upload(request: Request, gateway: Gateway) -> bytes:
@@ -216,6 +217,7 @@ def _segment_job(data: bytes, loaded: LoadedModel, options: SegmentOptions, para
             body = json.dumps({
                 "model": loaded.name,
                 "version": loaded.version,
+                "precision": loaded.meta.precision,
                 "width": int(image.shape[1]),
                 "height": int(image.shape[0]),
                 "tiles": stats.tiles,

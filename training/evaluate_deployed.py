@@ -1,0 +1,250 @@
+"""`sceneparse test --repository R --model NAME[:VERSION]`: evaluate a published version as it is served.
+
+    sceneparse test --repository model_repository --model ade20k_pspnet50[:3]
+                    [--config CFG] [--backend onnxruntime|triton] [--triton-url HOST:PORT] [KEY VALUE ...]
+
+The version's own file runs in the serving backend (ONNX Runtime in this process, or Triton),
+through the one inference pipeline, on the config's `test_list`: the config recorded at export
+(in the version's sceneparse.json) or `--config`, with KEY VALUE overrides either way. The
+outputs are the eager evaluation's (training.evaluate): gray/ and color/ PNGs in `save_folder`,
+and for a labelled split the per-class table, printed and written as metrics.{json,csv,png}.
+
+Geometry comes from the version: the crop, classes, mean/std and stride rate are the graph's;
+the test protocol (base_size, scales, flip, the list and its shard) is the config's. For an
+fp32 version the mIoU equals the eager checkpoint's (tests/training/test_evaluate_deployed.py).
+The retraining pipeline gates on this figure: it is the figure of the artifact it publishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from serving.pipeline import InferenceOptions, PipelineSpec
+from serving.repository import ModelMetadata, ModelRepository, RepositoryError
+from training.evaluate import (
+    EvaluationError,
+    has_labels,
+    inference_options,
+    label_mapping_for,
+    predict_items,
+    read_items,
+    report_stem,
+    score_predictions,
+    shard,
+)
+from training.metrics import ABSENT_POLICIES
+from training.reports import format_table, write_reports
+
+BACKENDS = ("onnxruntime", "triton")
+
+
+def _setting(cfg, key: str, default=None):
+    """cfg[key] if present and not None, else default."""
+    try:
+        value = cfg[key]
+    except (KeyError, AttributeError, TypeError):
+        value = None
+    return default if value is None else value
+
+
+def _required(cfg, key: str):
+    value = _setting(cfg, key)
+    if value is None:
+        raise EvaluationError(f"config key {key!r} is required for sceneparse test")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def parse_model(text: str) -> tuple[str, int | None]:
+    """`NAME` or `NAME:VERSION` -> (name, version or None for the served version)."""
+    name, _, version = text.partition(":")
+    if not name:
+        raise EvaluationError(f"--model must be NAME or NAME:VERSION, got {text!r}")
+    if not version:
+        return name, None
+    if not version.isdigit() or int(version) < 1:
+        raise EvaluationError(f"--model {text}: the version must be a positive integer, got {version!r}")
+    return name, int(version)
+
+
+def deployed_config(meta: ModelMetadata, config: str | None = None, overrides: Sequence[str] = ()):
+    """The evaluation config: `config` (a YAML path) or the one recorded at export, plus overrides."""
+    from training.config import config_from_mapping, load_config
+
+    if config:
+        cfg = load_config(config, list(overrides))
+    else:
+        if not meta.config:
+            raise EvaluationError(f"{meta.name} v{meta.version} has no recorded config; give --config")
+        cfg = config_from_mapping(meta.config)
+        if overrides:
+            cfg = cfg.merged(list(overrides))
+    classes = int(_setting(cfg, "classes", meta.num_classes))
+    if classes != meta.num_classes:
+        raise EvaluationError(f"the config has {classes} classes, {meta.name} v{meta.version} {meta.num_classes}")
+    crop = (int(_setting(cfg, "test_h", meta.crop_h)), int(_setting(cfg, "test_w", meta.crop_w)))
+    if crop != (meta.crop_h, meta.crop_w):
+        raise EvaluationError(
+            f"the config's crop (test_h x test_w) is {crop[0]}x{crop[1]}, but {meta.name} v{meta.version}'s graph "
+            f"takes {meta.crop_h}x{meta.crop_w} windows")
+    return cfg
+
+
+def deployed_spec(meta: ModelMetadata, cfg) -> tuple[PipelineSpec, InferenceOptions]:
+    """The version's geometry (crop, classes, mean/std, stride rate) with the config's protocol."""
+    spec = PipelineSpec(meta.crop_h, meta.crop_w, meta.num_classes, tuple(meta.mean), tuple(meta.std),
+                        int(_setting(cfg, "base_size", meta.base_size)))
+    protocol = inference_options(cfg)
+    return spec, InferenceOptions(scales=protocol.scales, flip=protocol.flip, stride_rate=meta.stride_rate)
+
+
+def open_backend(kind: str, repository: Path, triton_url: str | None = None, threads: int | None = None):
+    """The serving backend `kind` as the gateway would build it from its settings."""
+    from serving.backends.factory import create_backend
+    from serving.settings import Settings
+
+    if kind not in BACKENDS:
+        raise EvaluationError(f"--backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    values = {"backend": kind, "repository": str(repository)}
+    if triton_url:
+        values["triton_url"] = triton_url
+    if threads:
+        values["ort_threads"] = int(threads)
+    return create_backend(Settings(**values))
+
+
+def evaluate_deployed(
+    repository: str | Path | ModelRepository,
+    name: str,
+    version: int | None = None,
+    cfg=None,
+    *,
+    backend: str = "onnxruntime",
+    triton_url: str | None = None,
+    threads: int | None = None,
+    absent: str | None = None,
+    progress: bool = True,
+    write_report_files: bool = True,
+) -> dict:
+    """Predict (and, for a labelled split, score) a config's test_list with a published version.
+
+    Args:
+        repository: the model repository.
+        name, version: the model and its version (None: the served one, pinned or newest).
+        cfg: the evaluation config (a Config); None: the config recorded at export.
+        backend: "onnxruntime" (in this process) or "triton" (at `triton_url`).
+        threads: ONNX Runtime intra-op threads (None: the gateway's default).
+        absent: "exclude" or "zero" (None: training.evaluate's default).
+    Returns:
+        training.evaluate.evaluate_dataset's dict (mIoU, mAcc, aAcc, per_class, ... for a
+        labelled split; images, index_start, index_end, save_folder, seconds,
+        seconds_per_image, reports) plus "model", "version", "precision" and "backend".
+    """
+    if absent is not None and absent not in ABSENT_POLICIES:
+        raise EvaluationError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
+    started = time.perf_counter()
+    repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
+    repo.check_root()
+    meta = repo.read_metadata(name, version)
+    cfg = deployed_config(meta) if cfg is None else cfg
+    spec, options = deployed_spec(meta, cfg)
+    save_folder = Path(_required(cfg, "save_folder"))
+    all_items = read_items(cfg)
+    items, start, end = shard(all_items, int(_setting(cfg, "index_start", 0)), int(_setting(cfg, "index_step", 0)))
+    seconds_per_image = None
+    if not _setting(cfg, "has_prediction", False):
+        runner = open_backend(backend, repo.root, triton_url, threads).open(repo, meta)
+        try:
+            tick = time.perf_counter()
+            predict_items(items, runner, spec, options, save_folder, np.asarray(meta.palette, dtype=np.uint8), progress)
+            seconds_per_image = (time.perf_counter() - tick) / max(len(items), 1)
+        finally:
+            runner.close()
+    result: dict = {}
+    if has_labels(cfg):
+        scoring = {"absent": absent} if absent is not None else {}
+        result = score_predictions(items, save_folder / "gray", spec.num_classes, list(meta.classes),
+                                   int(_setting(cfg, "ignore_label", meta.ignore_label)), label_mapping_for(cfg),
+                                   progress=progress, **scoring)
+    result.update(images=len(items), index_start=start, index_end=end, save_folder=str(save_folder),
+                  seconds=time.perf_counter() - started, seconds_per_image=seconds_per_image,
+                  model=meta.name, version=meta.version, precision=meta.precision, backend=backend)
+    reports: dict[str, str] = {}
+    if has_labels(cfg) and write_report_files:
+        settings = {
+            "repository": str(repo.root), "model": meta.name, "version": meta.version, "precision": meta.precision,
+            "backend": backend, "test_list": str(_setting(cfg, "test_list", "")),
+            "split": str(_setting(cfg, "split", "val")), "scales": list(options.scales), "flip": options.flip,
+            "base_size": spec.base_size, "crop": [spec.crop_h, spec.crop_w],
+        }
+        extra = {key: result[key] for key in ("images", "index_start", "index_end", "seconds_per_image")}
+        paths = write_reports(result, save_folder, report_stem(start, end, len(all_items)), {**extra, "settings": settings})
+        reports = {kind: str(path) for kind, path in paths.items()}
+    result["reports"] = reports
+    return result
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="sceneparse test --repository",
+        description="Evaluate a published model version through the serving pipeline and backend, with the "
+        "original test protocol; KEY VALUE pairs override the config (e.g. test_list LIST save_folder DIR).",
+    )
+    parser.add_argument("--repository", required=True, help="model repository root")
+    parser.add_argument("--model", required=True, help="NAME or NAME:VERSION (default version: the served one)")
+    parser.add_argument("--config", default=None, help="YAML config (default: the one recorded at export)")
+    parser.add_argument("--backend", choices=BACKENDS, default="onnxruntime",
+                        help="onnxruntime in this process (default) or a Triton server (--triton-url)")
+    parser.add_argument("--triton-url", default=None, help="Triton host:port for --backend triton")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--absent", choices=ABSENT_POLICIES, default=None,
+                        help="classes absent from prediction and label (default: as `sceneparse test`)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides: KEY VALUE ... (after the options)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """0 on success, 2 for a bad model/config/input, 1 when evaluation fails, 130 on ^C."""
+    args = parse_args(argv)
+    try:
+        name, version = parse_model(args.model)
+        repo = ModelRepository(args.repository)
+        repo.check_root()
+        meta = repo.read_metadata(name, version)
+        cfg = deployed_config(meta, args.config, list(args.opts or []))
+        result = evaluate_deployed(repo, name, meta.version, cfg, backend=args.backend, triton_url=args.triton_url,
+                                   threads=args.threads, absent=args.absent, progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print("sceneparse test: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, KeyError, OSError, RepositoryError) as exc:  # EvaluationError, ConfigError, ...
+        print(f"sceneparse test: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # BackendUnavailable and the like: one line, never a traceback
+        print(f"sceneparse test: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    what = f"{result['model']} v{result['version']} ({result['precision']}, {result['backend']})"
+    if "per_class" in result:
+        print(f"evaluated {what} on {result['images']} images")
+        print(format_table(result))
+        for kind, path in result["reports"].items():
+            print(f"{kind}: {path}")
+    else:
+        print(f"wrote {result['images']} predictions of {what} to {result['save_folder']} "
+              "(split 'test' has no labels to score)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
