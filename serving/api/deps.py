@@ -30,28 +30,38 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-def presented_key(request: Request, allow_basic: bool = False) -> str | None:
-    """The key a client sent: `X-API-Key`, `Authorization: Bearer <key>`, or with `allow_basic`
-    (the web page and its assets only) Basic auth's password.
+def presented_keys(request: Request, allow_basic: bool = False) -> list[str]:
+    """Every key a client sent, one per header: `X-API-Key`, `Authorization: Bearer <key>`, and with
+    `allow_basic` (the web page and its assets only) Basic auth's password.
+
+    A key is taken exactly as it arrived: only the spaces between the scheme and the credentials
+    are skipped (RFC 7235), nothing is stripped, folded or trimmed from the key itself, so a key
+    with a space, another case or a character more or less is another key. An empty header is an
+    (empty, invalid) key, not an absent one.
 
     Basic credentials are what a browser caches and re-sends by itself, also on requests another
     site makes it send (a cross-site form POST): so they open only the pages, never the API or
     admin routes, which need a header a cross-site form cannot set.
     """
-    key = request.headers.get("x-api-key")
-    if key:
-        return key
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
-    if allow_basic and scheme.lower() == "basic" and value.strip():
-        # The browser's login dialog: any user name, the key as password.
-        try:
-            _, _, password = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
-        return password or None
-    return None
+    keys = list(request.headers.getlist("x-api-key"))
+    for value in request.headers.getlist("authorization"):
+        scheme, _, credentials = value.partition(" ")
+        credentials = credentials.lstrip(" ")
+        if scheme.lower() == "bearer":
+            keys.append(credentials)
+        elif allow_basic and scheme.lower() == "basic":
+            keys.append(_basic_password(credentials))
+    return keys
+
+
+def _basic_password(credentials: str) -> str:
+    """The password of Basic credentials (the browser's login dialog: any user name, the key as
+    password); "" when they do not decode."""
+    try:
+        _, _, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return ""
+    return password
 
 
 def _matches(key: str | None, keys: list[str]) -> bool:
@@ -71,7 +81,13 @@ def _challenge(scheme: str) -> dict[str, str]:
 def _check(request: Request, settings: Settings, admin: bool, scheme: str) -> None:
     if not settings.auth_enabled:
         return
-    key = presented_key(request, allow_basic=scheme == "Basic")
+    keys = presented_keys(request, allow_basic=scheme == "Basic")
+    if len(keys) > 1:
+        # Two keys (two headers, or X-API-Key and Authorization) are ambiguous: a proxy or client
+        # that adds one must not make the gateway pick whichever it reads first.
+        raise ApiError(401, "unauthorized", f"send one key (X-API-Key or Authorization), not {len(keys)}",
+                       _challenge(scheme))
+    key = keys[0] if keys else None
     if admin:
         if _matches(key, settings.admin_keys):
             return
