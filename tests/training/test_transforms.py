@@ -125,11 +125,15 @@ def test_rand_rotate_keeps_alignment_and_pads_with_mean_and_ignore(h, w, dtype, 
     np.testing.assert_allclose(out_image[deep], np.broadcast_to(np.array(padding, dtype=np.float32), out_image[deep].shape))
 
 
-def test_rotate_is_counter_clockwise_about_the_centre():
+def test_rotate_is_counter_clockwise_about_w2_h2():
+    """90 degrees about (w/2, h/2) = (8, 8), the original's centre (not numpy's 7.5): dst[y, x] =
+    src[x, 16 - y], i.e. np.rot90 moved down one row, the top row uncovered (padding/ignore)."""
     image, label = coordinate_pair(16, 16, np.float32)
     out_image, out_label = RandRotate([90, 90], padding=list(FLOAT_PAD), p=1.0)(image, label)
-    np.testing.assert_array_equal(out_label, np.rot90(label))
-    np.testing.assert_allclose(out_image, np.rot90(image), atol=1e-4)
+    np.testing.assert_array_equal(out_label[1:], np.rot90(label)[:-1])
+    assert (out_label[0] == IGNORE).all()
+    np.testing.assert_allclose(out_image[1:], np.rot90(image)[:-1], atol=1e-4)
+    np.testing.assert_allclose(out_image[0], np.broadcast_to(np.float32(FLOAT_PAD), (16, 3)), atol=1e-4)
 
 
 def test_rotate_and_blur_respect_probability():

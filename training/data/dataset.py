@@ -86,8 +86,10 @@ class SegmentationDataset(Dataset):
             `functools.partial(training.datasets.map_labels, dataset="ade20k")`.
         ignore_label: fill value of the placeholder label of unlabelled test images.
 
-    `dataset[i]` is whatever the transform returns for (image uint8 (H, W, 3), label uint8 (H, W));
-    with `ToTensor`/`Normalize` at the end, float32 (3, h, w) and int64 (h, w).
+    `dataset[i]` is whatever the transform returns for (image float32 (H, W, 3) in 0-255, label
+    uint8 (H, W)): the original handed its transforms float32 images, and the OpenCV steps keep
+    the dtype, so the arithmetic (and the result) is the original's. With `ToTensor`/`Normalize`
+    at the end, float32 (3, h, w) and int64 (h, w). Without a transform, the decoded uint8 pair.
     """
 
     def __init__(
@@ -116,6 +118,6 @@ class SegmentationDataset(Dataset):
     def __getitem__(self, index: int):
         image, label = load_pair(self.entries[index], self.ignore_label, self.label_mapping)
         if self.transform is not None:
-            return self.transform(image, label)
+            return self.transform(image.astype(np.float32), label)
         return image, label
 

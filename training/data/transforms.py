@@ -1,14 +1,23 @@
-"""Joint image/label transforms with the original project's semantics, on PIL and numpy.
+"""Joint image/label transforms with the original project's semantics, on OpenCV and numpy.
 
 Every transform is `t(image, label) -> (image, label)`. Before `ToTensor`, `image` is a numpy
-array (H, W, 3) (or (H, W)), uint8 or float32 in the 0-255 scale, and `label` is uint8 (H, W)
-class ids with `ignore_label` (255) for "don't care". Geometry is applied to both with the same
-parameters; the image is resampled bilinearly, the label ONLY with nearest neighbour, so a label
-value always comes from some real source pixel. Padding fills the image with the mean colour and
-the label with `ignore_label`.
+array (H, W, C) or (H, W) in the 0-255 scale and `label` is uint8 (H, W) class ids with
+`ignore_label` (255) for "don't care". `SegmentationDataset` hands the transforms float32 RGB
+images, as the original did (it read with OpenCV, converted BGR to RGB and then to float32), and
+every step keeps the dtype, so images stay float32 through the chain.
+
+The geometry is OpenCV's, called the way the original called it, so that a seeded run gives the
+original's tensors: the same output sizes (`cv2.resize` with fx/fy rounds to the nearest pixel),
+the same sampling grids (pixel centres at integer coordinates, rotation about (w/2, h/2)), the
+same bilinear weights and border rules. The image is resampled bilinearly, the label ONLY with
+nearest neighbour, so a label value always comes from some real source pixel. Padding fills the
+image with the mean colour (unrounded for float images) and the label with `ignore_label`.
 
 Random decisions come from `rng` (anything with `random()` and `randint(a, b)`), by default the
-`random` module, which PyTorch seeds per DataLoader worker, as the original relied on.
+`random` module, which PyTorch seeds per DataLoader worker, as the original relied on. The draws
+happen in the original's order: RandScale: scale (then aspect ratio, if given); RandRotate:
+apply? then angle; RandomGaussianBlur: apply?; RandomHorizontalFlip: apply?; Crop ("rand"):
+row offset, then column offset.
 
 `train_transform(cfg)` and `val_transform(cfg)` are the original training and validation presets.
 """
@@ -21,8 +30,8 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -47,52 +56,13 @@ __all__ = [
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 
-
-# --- array helpers -----------------------------------------------------------------------------
-def _planes(image: np.ndarray) -> list[np.ndarray]:
-    return [image] if image.ndim == 2 else [image[..., c] for c in range(image.shape[2])]
-
-
-def _stack(planes: list[np.ndarray], like: np.ndarray) -> np.ndarray:
-    return planes[0] if like.ndim == 2 else np.stack(planes, axis=-1)
+# As the original's training script: OpenCV's own thread pool would fight the DataLoader workers
+# (each worker is already one process per core), and OpenCL would move small arrays to a GPU.
+cv2.setNumThreads(0)
+cv2.ocl.setUseOpenCL(False)
 
 
-def _is_rgb8(image: np.ndarray) -> bool:
-    return image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-
-
-def _fill_tuple(padding: Sequence[float], image: np.ndarray) -> tuple[float, ...]:
-    """The padding colour in the image's dtype (rounded for uint8)."""
-    if image.dtype == np.uint8:
-        return tuple(int(np.clip(round(v), 0, 255)) for v in padding)
-    return tuple(float(v) for v in padding)
-
-
-def _pil_map(image: np.ndarray, op, fill: Sequence[float] | None = None) -> np.ndarray:
-    """Apply a PIL operation to an image array: RGB uint8 at once, otherwise plane by plane.
-
-    `op(pil_image, fill_value)` returns a PIL image. Float planes go through PIL mode "F", so
-    float32 images keep their precision.
-    """
-    if _is_rgb8(image):
-        return np.asarray(op(Image.fromarray(image), None if fill is None else _fill_tuple(fill, image)))
-    out = []
-    for c, plane in enumerate(_planes(image)):
-        value = None if fill is None else _fill_tuple(fill, image)[min(c, len(fill) - 1)]
-        if plane.dtype == np.uint8:
-            out.append(np.asarray(op(Image.fromarray(plane), value)))
-        else:
-            result = np.asarray(op(Image.fromarray(plane.astype(np.float32)), value))
-            out.append(result.astype(image.dtype, copy=False))
-    return _stack(out, image)
-
-
-def _resize_pair(image: np.ndarray, label: np.ndarray, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    image = _pil_map(image, lambda im, _: im.resize((w, h), Image.BILINEAR))
-    label = np.asarray(Image.fromarray(label).resize((w, h), Image.NEAREST))
-    return image, label
-
-
+# --- argument checks ---------------------------------------------------------------------------
 def _check_pair(image: np.ndarray, label: np.ndarray, name: str, same_size: bool = True) -> None:
     if not isinstance(image, np.ndarray) or not isinstance(label, np.ndarray):
         raise TypeError(f"{name} takes numpy arrays (image, label); convert to tensors with ToTensor last")
@@ -117,6 +87,16 @@ def _padding(value: Any, name: str) -> tuple[float, float, float] | None:
     if not (isinstance(value, Sequence) and len(value) == 3 and all(isinstance(v, numbers.Number) for v in value)):
         raise ValueError(f"{name} padding must be 3 numbers (the mean colour, 0-255), got {value!r}")
     return tuple(float(v) for v in value)
+
+
+def _resize(image: np.ndarray, label: np.ndarray, **size) -> tuple[np.ndarray, np.ndarray]:
+    """Bilinear image, nearest label; `size` is cv2.resize's dsize=(w, h) or fx=, fy=."""
+    dsize = size.pop("dsize", None)
+    out_image = cv2.resize(image, dsize, interpolation=cv2.INTER_LINEAR, **size)
+    out_label = cv2.resize(label, dsize, interpolation=cv2.INTER_NEAREST, **size)
+    if image.ndim == 3 and out_image.ndim == 2:  # OpenCV drops a single channel axis
+        out_image = out_image[:, :, None]
+    return out_image, out_label
 
 
 # --- transforms --------------------------------------------------------------------------------
@@ -175,7 +155,7 @@ class Normalize:
 
 
 class Resize:
-    """Resize to (h, w): image bilinear, label nearest."""
+    """Resize to (h, w): image bilinear, label nearest (`cv2.resize` with dsize=(w, h))."""
 
     def __init__(self, size: Sequence[int]):
         if not (isinstance(size, Sequence) and len(size) == 2 and all(int(s) > 0 for s in size)):
@@ -184,14 +164,16 @@ class Resize:
 
     def __call__(self, image, label):
         _check_pair(image, label, "Resize")
-        return _resize_pair(image, label, *self.size)
+        return _resize(image, label, dsize=(self.size[1], self.size[0]))
 
 
 class RandScale:
-    """Scale by s ~ U[scale] (and aspect ratio r ~ U[aspect_ratio] if given).
+    """Scale by s ~ U[scale] (and aspect ratio r ~ U[aspect_ratio] if given), as the original.
 
-    Width is scaled by s * sqrt(r), height by s / sqrt(r); the new size is rounded to whole pixels
-    (at least 1), image bilinear, label nearest.
+    s = low + (high - low) * random(); with an aspect ratio, sqrt(r) multiplies the width factor
+    and divides the height factor. `cv2.resize(..., None, fx, fy)`: the output is
+    round(w * fx) x round(h * fy) and source coordinates are (dst + 0.5) / f - 0.5 (bilinear image)
+    or floor(dst / f) (nearest label), the factors taken as given rather than from the rounded size.
     """
 
     def __init__(self, scale: Sequence[float], aspect_ratio: Sequence[float] | None = None, rng=None):
@@ -207,15 +189,20 @@ class RandScale:
         if self.aspect_ratio is not None:
             r = math.sqrt(self.aspect_ratio[0] + (self.aspect_ratio[1] - self.aspect_ratio[0]) * self.rng.random())
         h, w = label.shape
-        new_h, new_w = max(1, round(h * s / r)), max(1, round(w * s * r))
-        return _resize_pair(image, label, new_h, new_w)
+        fx, fy = s * r, s / r
+        if round(w * fx) < 1 or round(h * fy) < 1:
+            # OpenCV refuses an empty output; the original crashed here on tiny inputs.
+            raise ValueError(f"RandScale: factor {s:.3f} shrinks a {h}x{w} input to nothing")
+        return _resize(image, label, fx=fx, fy=fy)
 
 
 class RandRotate:
-    """With probability p, rotate by an angle ~ U[rotate] degrees (counter-clockwise) about the centre.
+    """With probability p, rotate by an angle ~ U[rotate] degrees (counter-clockwise) about (w/2, h/2).
 
-    The output keeps the input size; uncovered corners are the `padding` colour in the image and
-    `ignore_label` in the label.
+    As the original: `random() < p` decides, then the angle is drawn; `cv2.getRotationMatrix2D`
+    about (w/2, h/2) in pixel-index coordinates and `cv2.warpAffine` to the same (w, h), bilinear for
+    the image and nearest for the label. Uncovered corners are the `padding` colour (image) and
+    `ignore_label` (label).
     """
 
     def __init__(self, rotate: Sequence[float], padding: Sequence[float], ignore_label: int = 255,
@@ -233,26 +220,22 @@ class RandRotate:
         if self.rng.random() >= self.p:
             return image, label
         angle = self.rotate[0] + (self.rotate[1] - self.rotate[0]) * self.rng.random()
-        image = _pil_map(image, lambda im, fill: im.rotate(angle, Image.BILINEAR, fillcolor=fill), self.padding)
-        label = np.asarray(Image.fromarray(label).rotate(angle, Image.NEAREST, fillcolor=self.ignore_label))
-        return image, label
-
-
-# OpenCV's GaussianBlur(image, (k, k), 0) uses these binomial kernels for k <= 7 rather than
-# the sigma formula, so the original's radius-5 blur is exactly [1, 4, 6, 4, 1] / 16.
-_SMALL_GAUSSIAN_KERNELS = {
-    1: (1.0,),
-    3: (0.25, 0.5, 0.25),
-    5: (0.0625, 0.25, 0.375, 0.25, 0.0625),
-    7: (0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125),
-}
+        h, w = label.shape
+        matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1)
+        out_image = cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=self.padding)
+        if image.ndim == 3 and out_image.ndim == 2:
+            out_image = out_image[:, :, None]
+        out_label = cv2.warpAffine(label, matrix, (w, h), flags=cv2.INTER_NEAREST,
+                                   borderMode=cv2.BORDER_CONSTANT, borderValue=self.ignore_label)
+        return out_image, out_label
 
 
 class RandomGaussianBlur:
-    """With probability p, blur the image with a `radius` x `radius` Gaussian kernel (label untouched).
+    """With probability p, blur the image with `cv2.GaussianBlur(image, (radius, radius), 0)` (label untouched).
 
-    As OpenCV's `GaussianBlur(image, (k, k), 0)`: the binomial kernel for k <= 7, otherwise
-    sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8; reflect-101 borders.
+    OpenCV uses the binomial kernel for sizes up to 7 ([1, 4, 6, 4, 1] / 16 for the default 5),
+    otherwise sigma = 0.3 * ((k - 1) / 2 - 1) + 0.8; borders reflect without repeating the edge.
     """
 
     def __init__(self, radius: int = 5, p: float = 0.5, rng=None):
@@ -261,29 +244,11 @@ class RandomGaussianBlur:
         self.radius = radius
         self.p = p
         self.rng = rng or random
-        if radius in _SMALL_GAUSSIAN_KERNELS:
-            kernel = np.array(_SMALL_GAUSSIAN_KERNELS[radius], dtype=np.float64)
-        else:
-            sigma = 0.3 * ((radius - 1) * 0.5 - 1) + 0.8
-            x = np.arange(radius, dtype=np.float64) - radius // 2
-            kernel = np.exp(-(x**2) / (2 * sigma**2))
-        self.kernel = (kernel / kernel.sum()).astype(np.float32)
 
     def blur(self, image: np.ndarray) -> np.ndarray:
         """The blurred image, same shape and dtype."""
-        half = self.radius // 2
-        data = image.astype(np.float32)
-        pad = [(half, half), (half, half)] + [(0, 0)] * (image.ndim - 2)
-        if min(image.shape[:2]) > half:
-            padded = np.pad(data, pad, mode="reflect")
-        else:  # reflect needs more pixels than the half kernel; tiny images repeat their edge
-            padded = np.pad(data, pad, mode="edge")
-        h, w = image.shape[:2]
-        rows = sum(k * padded[i:i + h] for i, k in enumerate(self.kernel))
-        out = sum(k * rows[:, i:i + w] for i, k in enumerate(self.kernel))
-        if image.dtype == np.uint8:
-            return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-        return out.astype(image.dtype, copy=False)
+        out = cv2.GaussianBlur(image, (self.radius, self.radius), 0)
+        return out[:, :, None] if image.ndim == 3 and out.ndim == 2 else out
 
     def __call__(self, image, label):
         if self.rng.random() < self.p:
@@ -320,9 +285,10 @@ class RandomVerticalFlip:
 class Crop:
     """Crop to (crop_h, crop_w), padding first when the input is smaller.
 
-    Padding is split evenly (the extra pixel goes to the bottom/right): the image gets `padding`
-    (the mean colour), the label `ignore_label`. `crop_type="rand"` picks the offset uniformly,
-    `"center"` takes the middle (rounding the offset down).
+    Padding (`cv2.copyMakeBorder`, constant) puts int(pad / 2) rows above and the rest below, and
+    likewise left/right: the image gets `padding` (the mean colour), the label `ignore_label`.
+    `crop_type="rand"` draws the row offset with randint(0, h - crop_h), then the column offset
+    with randint(0, w - crop_w); `"center"` takes int((h - crop_h) / 2), int((w - crop_w) / 2).
     """
 
     def __init__(self, size, crop_type: str = "center", padding: Sequence[float] | None = None,
@@ -350,14 +316,14 @@ class Crop:
             if self.padding is None:
                 raise ValueError(f"Crop to {self.crop_h}x{self.crop_w} needs padding for a {h}x{w} input")
             top, left = pad_h // 2, pad_w // 2
-            spec = [(top, pad_h - top), (left, pad_w - left)]
-            fill = _fill_tuple(self.padding, image)
-            planes = [np.pad(p, spec, constant_values=fill[min(c, 2)]) for c, p in enumerate(_planes(image))]
-            image = _stack(planes, image)
-            label = np.pad(label, spec, constant_values=self.ignore_label)
+            borders = (top, pad_h - top, left, pad_w - left)
+            padded = cv2.copyMakeBorder(image, *borders, cv2.BORDER_CONSTANT, value=self.padding)
+            image = padded[:, :, None] if image.ndim == 3 and padded.ndim == 2 else padded
+            label = cv2.copyMakeBorder(label, *borders, cv2.BORDER_CONSTANT, value=self.ignore_label)
             h, w = label.shape
         if self.crop_type == "rand":
-            top, left = self.rng.randint(0, h - self.crop_h), self.rng.randint(0, w - self.crop_w)
+            top = self.rng.randint(0, h - self.crop_h)
+            left = self.rng.randint(0, w - self.crop_w)
         else:
             top, left = (h - self.crop_h) // 2, (w - self.crop_w) // 2
         return (np.ascontiguousarray(image[top:top + self.crop_h, left:left + self.crop_w]),
