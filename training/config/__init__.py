@@ -6,9 +6,9 @@
 (0.005, 150)
 """
 
+from training.config.errors import ConfigError
 from training.config.loader import (
     Config,
-    ConfigError,
     check_value,
     config_from_mapping,
     defaults,

@@ -16,12 +16,9 @@ from typing import Any
 
 import yaml
 
+from training.config.errors import ConfigError
+from training.config.registry import find_config
 from training.config.schema import ADDITIONS, CROP_KEYS, KEYS, SECTIONS, Key
-
-
-class ConfigError(ValueError):
-    """A config file, key, value or override is invalid. The message names the key and file."""
-
 
 _NONE_TOKENS = {"", "none", "null", "~"}
 
@@ -334,8 +331,6 @@ def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> Con
         ConfigError naming the file, line and key for unknown keys, wrong types, bad values,
         missing required keys (classes, arch, layers) and malformed overrides.
     """
-    from training.config.registry import find_config  # registry imports ConfigError from here
-
     path = find_config(path)
     data, lines = _read_yaml(path)
     values = _flatten(data, path, lines)

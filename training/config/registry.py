@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from training.config.loader import ConfigError
+from training.config.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent
 # How the documented commands name shipped configs (paths relative to the repository root).

@@ -2,6 +2,10 @@
 model up by string and run over every registered one.
 
 A builder is a function taking keyword arguments only and returning an ``nn.Module``.
+The registry knows nothing of the model families: each family module registers its builders with
+``@register_model`` when it is imported, and ``training/models/__init__.py`` imports them all
+(as torchvision's ``models/_api.py`` and timm do), so importing anything under ``training.models``
+fills the registry.
 """
 
 from __future__ import annotations
@@ -29,21 +33,13 @@ def register_model(name: str) -> Callable[[ModelBuilder], ModelBuilder]:
     return decorate
 
 
-def _ensure_builtin_models() -> None:
-    # Importing the family modules runs their @register_model decorators.
-    import training.models.psanet
-    import training.models.pspnet  # noqa: F401
-
-
 def list_models() -> list[str]:
     """Names of all registered models, sorted (``psanet101``, ..., ``pspnet50``)."""
-    _ensure_builtin_models()
     return sorted(_BUILDERS)
 
 
 def get_model_builder(name: str) -> ModelBuilder:
     """The builder registered under ``name``; ValueError listing the choices when there is none."""
-    _ensure_builtin_models()
     try:
         return _BUILDERS[name]
     except KeyError:
