@@ -41,8 +41,10 @@ FLOAT32 = 4
 # RGBX), an EXIF-rotated copy (4), the RGB array (3) and the label map (1).
 IMAGE_BYTES_PER_PIXEL = 12
 # What rendering adds per pixel of the image: the PNG's source and its encoder's buffers; the
-# overlay blends in float32 (photo, colours and their sum, 12 bytes each).
-OUTPUT_BYTES_PER_PIXEL = {"color": 4, "label": 4, "overlay": 36}
+# overlay blends in float32 (photo, colours and their sum, 12 bytes each); a class filter makes the
+# colour mask RGBA (4 more); the confidence map is a float32 max and its rounding before the bytes;
+# RLE holds a column-major copy of the label map, one class's mask and pycocotools' run buffers.
+OUTPUT_BYTES_PER_PIXEL = {"color": 8, "label": 4, "overlay": 36, "confidence": 8, "rle": 12}
 # Per pixel at the inference size: the float32 copy each scale's resize starts from (12), and when
 # the image is shrunk, Pillow's resize output and its array (7).
 SMALL_BYTES_PER_PIXEL = 12
@@ -139,7 +141,8 @@ def estimate_cost(
 ) -> RequestCost:
     """The cost of segmenting a `width` x `height` image (after EXIF orientation) with `options`.
 
-    `outputs` are the PNGs rendered ("color", "label", "overlay"; none for a plain JSON answer).
+    `outputs` are what is rendered ("color", "label", "overlay", "confidence" PNGs, "rle"; none
+    for a plain JSON answer).
     Returns a RequestCost; `total` is in bytes.
     """
     pixels = width * height

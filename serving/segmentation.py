@@ -1,6 +1,8 @@
 """One image through one model: bound the size, run the shared pipeline, give the label back at full size.
 
 Used by the gateway and by `sceneparse predict`, so both answer the same for the same image.
+`segment` also gives the per-pixel confidence (the winning class's probability as
+round(255 * p), 8 bits) when an output needs it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from serving.pipeline import InferenceOptions, PipelineSpec, PipelineStats, Runner, predict_label
+from serving.pipeline import (
+    InferenceOptions,
+    PipelineSpec,
+    PipelineStats,
+    Runner,
+    predict_label,
+    predict_probabilities,
+)
 from serving.repository import ModelMetadata
 
 
@@ -75,6 +84,69 @@ def resize_label_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray
     return label[rows[:, None], cols[None, :]]
 
 
+@dataclass
+class Prediction:
+    """What the pipeline gave for one image: the decoded (H, W, 3) uint8 RGB image, its (H, W) class
+    ids and, when asked for, its (H, W) uint8 confidence."""
+
+    image: np.ndarray
+    label: np.ndarray
+    confidence: np.ndarray | None = None
+
+
+def confidence_levels(winning: np.ndarray) -> np.ndarray:
+    """The winning class's probability p as round(255 * p) in uint8 (halves to even, as numpy rounds)."""
+    return np.rint(np.asarray(winning, dtype=np.float32) * np.float32(255.0)).astype(np.uint8)
+
+
+def _label_and_confidence(image: np.ndarray, runner: Runner, spec: PipelineSpec, options: InferenceOptions,
+                          stats: PipelineStats) -> tuple[np.ndarray, np.ndarray]:
+    probs = predict_probabilities(image, runner, spec, options, stats)
+    tick = time.perf_counter()
+    label = probs.argmax(axis=2).astype(np.uint8 if spec.num_classes <= 256 else np.int32)
+    confidence = confidence_levels(probs.max(axis=2))  # the argmax's own value: the winner's probability
+    stats.seconds["stitch"] += time.perf_counter() - tick
+    return label, confidence
+
+
+def segment(
+    image: np.ndarray,
+    runner: Runner,
+    meta: ModelMetadata,
+    options: SegmentOptions,
+    stats: PipelineStats | None = None,
+    spec: PipelineSpec | None = None,
+    confidence: bool = False,
+) -> Prediction:
+    """`segment_image`'s label map, and with `confidence` the confidence map, as a Prediction.
+
+    The confidence is brought back to the input's size as the label is (nearest neighbour), so
+    each pixel's confidence is that of its own label.
+    """
+    stats = stats if stats is not None else PipelineStats()
+    spec = spec or PipelineSpec.from_metadata(meta)
+    height, width = image.shape[:2]
+    max_side = max(options.max_side, spec.base_size) if options.max_side else None
+    small_size = inference_size(height, width, max_side)
+    small = image
+    if small_size != (height, width):
+        tick = time.perf_counter()
+        small = resize_image(image, small_size)
+        stats.seconds["preprocess"] += time.perf_counter() - tick
+    levels = None
+    if confidence:
+        label, levels = _label_and_confidence(small, runner, spec, options.pipeline_options(), stats)
+    else:
+        label = predict_label(small, runner, spec, options.pipeline_options(), stats)
+    if small_size != (height, width):
+        tick = time.perf_counter()
+        label = resize_label_nearest(label, (height, width))
+        if levels is not None:
+            levels = resize_label_nearest(levels, (height, width))
+        stats.seconds["stitch"] += time.perf_counter() - tick
+    return Prediction(image, label, levels)
+
+
 def segment_image(
     image: np.ndarray,
     runner: Runner,
@@ -92,19 +164,4 @@ def segment_image(
     image of the dataset's own size (Cityscapes 2048x1024, base_size 2048) gets exactly the
     label map that evaluation writes for it.
     """
-    stats = stats if stats is not None else PipelineStats()
-    spec = spec or PipelineSpec.from_metadata(meta)
-    height, width = image.shape[:2]
-    max_side = max(options.max_side, spec.base_size) if options.max_side else None
-    small_size = inference_size(height, width, max_side)
-    small = image
-    if small_size != (height, width):
-        tick = time.perf_counter()
-        small = resize_image(image, small_size)
-        stats.seconds["preprocess"] += time.perf_counter() - tick
-    label = predict_label(small, runner, spec, options.pipeline_options(), stats)
-    if small_size != (height, width):
-        tick = time.perf_counter()
-        label = resize_label_nearest(label, (height, width))
-        stats.seconds["stitch"] += time.perf_counter() - tick
-    return label
+    return segment(image, runner, meta, options, stats, spec).label

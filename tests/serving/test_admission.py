@@ -3,6 +3,7 @@ per-request limit is 413 before anything is decoded, and the budget bounds what 
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import tracemalloc
@@ -13,11 +14,12 @@ from fastapi.testclient import TestClient
 
 from serving.admission import MIB, estimate_cost
 from serving.backends.onnxruntime import OnnxRuntimeBackend
+from serving.coco import rle_document
 from serving.imaging import decode_image
 from serving.main import create_app
 from serving.pipeline import PipelineSpec
 from serving.rendering import render_png
-from serving.segmentation import SegmentOptions, segment_image
+from serving.segmentation import SegmentOptions, segment
 from serving.settings import Settings
 from serving.workers import QueueFull, WorkerPool
 from tests.serving.conftest import encode, scene_array
@@ -25,14 +27,18 @@ from tests.serving.test_imaging import raw_png
 from tests.serving.test_limits import GatedBackend, assert_error, wait_until
 
 
-def measured_peak(data: bytes, runner, meta, spec: PipelineSpec, options: SegmentOptions, output: str) -> int:
+def measured_peak(data: bytes, runner, meta, spec: PipelineSpec, options: SegmentOptions, output: str,
+                  chosen=None) -> int:
     """Bytes the job's work allocates at its peak (numpy and Pillow buffers, traced), plus the body."""
     tracemalloc.start()
     try:
         start = tracemalloc.get_traced_memory()[0]
         image = decode_image(data, 10**9)
-        label = segment_image(image, runner, meta, options, spec=spec)
-        render_png(output, image, label, meta, 0.5)
+        prediction = segment(image, runner, meta, options, spec=spec, confidence=output == "confidence")
+        if output == "rle":
+            json.dumps(rle_document(prediction.label, meta, chosen))
+        else:
+            render_png(output, image, prediction.label, meta, 0.5, chosen, prediction.confidence)
         return tracemalloc.get_traced_memory()[1] - start + len(data)
     finally:
         tracemalloc.stop()
@@ -50,14 +56,20 @@ def tiny(gateway_source_repository, psp_model_name):
     ((640, 480), (0.5, 1.0, 1.75), True, 1024, "overlay"),
     ((900, 300), (1.0,), False, 200, "label"),
     ((1500, 1100), (1.0, 2.0), True, 2048, "overlay"),
+    ((640, 480), (1.0,), True, 1024, "confidence"),
+    ((1200, 900), (1.0,), True, 400, "confidence"),
+    ((640, 480), (1.0,), True, 1024, "rle"),
+    ((640, 480), (1.0,), False, 1024, "color (filtered)"),
+    ((640, 480), (1.0,), False, 1024, "overlay (filtered)"),
 ])
 def test_the_estimate_bounds_what_the_pipeline_allocates(tiny, size, scales, flip, max_side, output):
     meta, runner, spec = tiny
     width, height = size
+    output, _, filtered = output.partition(" ")
     data = encode(np.kron(scene_array(height // 10, width // 10), np.ones((10, 10, 1), np.uint8)))
     options = SegmentOptions(scales, flip, meta.stride_rate, max_side)
     cost = estimate_cost(width, height, len(data), spec, options, meta.max_batch_size, (output,))
-    peak = measured_peak(data, runner, meta, spec, options, output)
+    peak = measured_peak(data, runner, meta, spec, options, output, (0, 2, 3) if filtered else None)
     assert cost.total >= peak, (cost, peak)
     assert cost.total <= 4 * peak + 4 * MIB, "an estimate this loose would refuse requests for nothing"
 

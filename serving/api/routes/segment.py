@@ -1,4 +1,9 @@
-"""POST /v1/segment: an image in, its segmentation out (PNG or JSON)."""
+"""POST /v1/segment: an image in, its segmentation out (PNG or JSON).
+
+Outputs: color, label, overlay and confidence PNGs; json (classes present, optional embedded
+PNGs); rle (COCO run-length encodings per class). `classes` restricts every output to some
+classes (serving/class_filter.py); an unknown one is a 422 before the body is read.
+"""
 
 from __future__ import annotations
 
@@ -17,18 +22,21 @@ from starlette.datastructures import UploadFile
 from serving.admission import MIB, RequestTooCostly, UploadsFull, estimate_cost, over_limit_message
 from serving.api.deps import API_KEY_DEPENDENCIES, GatewayDep
 from serving.api.errors import ApiError
+from serving.class_filter import ClassFilterError, parse_classes
+from serving.coco import rle_document
 from serving.gateway import Gateway
 from serving.imaging import decode_image, open_image
 from serving.models import LoadedModel
 from serving.pipeline import PipelineStats, validate_scales
 from serving.rendering import base64_png, class_summary, render_png
-from serving.segmentation import CancellableRunner, SegmentOptions, segment_image
+from serving.segmentation import CancellableRunner, SegmentOptions
+from serving.segmentation import segment as run_pipeline
 from serving.workers import DeadlineExceeded, QueueFull
 
 router = APIRouter(prefix="/v1", tags=["segment"], dependencies=API_KEY_DEPENDENCIES)
 
-OutputKind = Literal["color", "label", "overlay", "json"]
-PngKind = Literal["color", "label", "overlay"]
+OutputKind = Literal["color", "label", "overlay", "confidence", "json", "rle"]
+PngKind = Literal["color", "label", "overlay", "confidence"]
 
 _IMAGE_BODY = {
     "required": True,
@@ -61,12 +69,31 @@ class SegmentParams(BaseModel):
 
     model: str | None = Field(None, description="model name (default: the configured or first model)")
     output: OutputKind = Field("color", description="color: palette PNG; label: 8-bit class-id PNG; "
-                               "overlay: mask blended on the photo; json: classes present, fractions, colours")
+                               "overlay: mask blended on the photo; confidence: 8-bit PNG of round(255 * p), p the "
+                               "winning class's probability; json: classes present, fractions, colours; "
+                               "rle: the classes present with their COCO compressed RLE masks")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="mask opacity of the overlay")
     scales: list[str] | None = Field(None, description="test scales, comma-separated or repeated (default: the model's)")
     flip: bool | None = Field(None, description="add mirrored crops (default: the model's)")
     max_side: int | None = Field(None, ge=32, description="long side the image is shrunk to for inference")
     png: list[PngKind] = Field(default_factory=list, description="with output=json: PNGs to embed as base64")
+    classes: list[str] | None = Field(None, description="report only these classes: names or ids, comma-separated "
+                                      "or repeated (label: others 255; color: others transparent; overlay: others "
+                                      "unpainted; confidence: others 0; json/rle: only these listed)")
+
+
+def _chosen_classes(params: SegmentParams, loaded: LoadedModel) -> tuple[int, ...] | None:
+    try:
+        return parse_classes(params.classes, loaded.meta.classes)
+    except ClassFilterError as exc:
+        raise ApiError(422, "invalid_parameter", str(exc)) from None
+
+
+def _png_kinds(params: SegmentParams) -> tuple[str, ...]:
+    """The PNGs the request renders (none for plain json and rle)."""
+    if params.output == "json":
+        return tuple(dict.fromkeys(params.png))
+    return () if params.output == "rle" else (params.output,)
 
 
 def _segment_options(params: SegmentParams, loaded: LoadedModel, gateway: Gateway) -> SegmentOptions:
@@ -124,13 +151,16 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
         raise ApiError(503, "not_ready", "no model is loaded yet; see /readyz",
                        {"Retry-After": str(settings.retry_after)})
     # An unknown model (404) or a bad parameter (422) is refused before any byte of the body is read.
-    _segment_options(params, gateway.manager.get(params.model or gateway.manager.default_name() or ""), gateway)
+    named = gateway.manager.get(params.model or gateway.manager.default_name() or "")
+    _segment_options(params, named, gateway)
+    _chosen_classes(params, named)
     data = await _receive_upload(request, gateway)
 
     loaded = gateway.manager.acquire(params.model)  # the version is fixed here, for the whole request
     release_model = functools.partial(gateway.manager.release, loaded)
     try:
         options = _segment_options(params, loaded, gateway)
+        chosen = _chosen_classes(params, loaded)  # this version's classes (a reload may have changed them)
         cost = await _charge(data, loaded, options, params, gateway)
         reservation = gateway.pool.reserve(cost)
     except QueueFull:
@@ -140,7 +170,7 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
     except BaseException:
         release_model()
         raise
-    job = _segment_job(data, loaded, options, params, settings.max_pixels)
+    job = _segment_job(data, loaded, options, params, chosen, settings.max_pixels)
     del data  # the job holds the body now; it is freed with it
     remaining = settings.request_timeout - (time.monotonic() - started)
     try:
@@ -178,7 +208,7 @@ async def _charge(data: bytes, loaded: LoadedModel, options: SegmentOptions, par
     settings = gateway.settings
     # Header parsing touches only the first bytes, but a TIFF may hold many directories: off the loop.
     width, height = await asyncio.to_thread(_header_size, data, settings.max_pixels)
-    outputs = tuple(dict.fromkeys(params.png)) if params.output == "json" else (params.output,)
+    outputs = _png_kinds(params) + (("rle",) if params.output == "rle" else ())
     meta = loaded.meta
     # EXIF orientation is applied only when decoding: charge the costlier of the two orientations.
     costs = [estimate_cost(w, h, len(data), loaded.spec, options, meta.max_batch_size, outputs)
@@ -200,9 +230,12 @@ def _header_size(data: bytes, max_pixels: int) -> tuple[int, int]:
 
 
 def _segment_job(data: bytes, loaded: LoadedModel, options: SegmentOptions, params: SegmentParams,
+                 chosen: tuple[int, ...] | None,
                  max_pixels: int) -> Callable[[threading.Event], tuple[bytes, str, dict[str, float], int]]:
     """The work of one request, for a worker thread: decode, pipeline, encode; returns
     (body, media type, seconds per stage, tiles)."""
+    meta = loaded.meta
+    pngs = _png_kinds(params)
 
     def job(cancelled: threading.Event) -> tuple[bytes, str, dict[str, float], int]:
         seconds: dict[str, float] = {}
@@ -210,27 +243,38 @@ def _segment_job(data: bytes, loaded: LoadedModel, options: SegmentOptions, para
         image = decode_image(data, max_pixels)
         seconds["decode"] = time.perf_counter() - tick
         stats = PipelineStats()
-        label = segment_image(image, CancellableRunner(loaded.runner, cancelled), loaded.meta, options,
-                              stats, loaded.spec)
+        prediction = run_pipeline(image, CancellableRunner(loaded.runner, cancelled), meta, options, stats, loaded.spec,
+                             confidence="confidence" in pngs)
+        label = prediction.label
         tick = time.perf_counter()
+
+        def png(kind: str) -> bytes:
+            return render_png(kind, image, label, meta, params.alpha, chosen, prediction.confidence)
+
         if params.output == "json":
-            body = json.dumps({
+            body = _json_bytes({
                 "model": loaded.name,
                 "version": loaded.version,
-                "precision": loaded.meta.precision,
+                "precision": meta.precision,
                 "width": int(image.shape[1]),
                 "height": int(image.shape[0]),
                 "tiles": stats.tiles,
-                "classes": class_summary(label, loaded.meta),
-                "png": {kind: base64_png(render_png(kind, image, label, loaded.meta, params.alpha))
-                        for kind in dict.fromkeys(params.png)},
-            }, separators=(",", ":")).encode()
+                "classes": class_summary(label, meta, chosen),
+                "png": {kind: base64_png(png(kind)) for kind in pngs},
+            })
+            media_type = "application/json"
+        elif params.output == "rle":
+            body = _json_bytes(rle_document(label, meta, chosen) | {"model": loaded.name, "version": loaded.version})
             media_type = "application/json"
         else:
-            body = render_png(params.output, image, label, loaded.meta, params.alpha)
+            body = png(params.output)
             media_type = "image/png"
         seconds["encode"] = time.perf_counter() - tick
         seconds.update(stats.seconds)
         return body, media_type, seconds, stats.tiles
 
     return job
+
+
+def _json_bytes(document: dict[str, Any]) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()
