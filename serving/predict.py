@@ -19,7 +19,8 @@ from serving.backends.base import BackendUnavailable
 from serving.batch.image import ImageLimits
 from serving.batch.inputs import InputError, collect_tasks, is_uri
 from serving.batch.job import Executor, JobError, ModelSpec, PredictJob, run_job, run_local
-from serving.batch.outputs import MASK_KINDS, OutputPlan
+from serving.batch.outputs import OUTPUT_KINDS, OutputPlan
+from serving.class_filter import parse_classes
 from serving.pipeline import validate_scales
 from serving.repository import ModelRepository, RepositoryError
 from serving.segmentation import SegmentOptions
@@ -40,8 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="version to run (default: the served one, i.e. pinned or newest)")
     parser.add_argument("--repository", default="model_repository", help="model repository (default: model_repository)")
     parser.add_argument("--out", required=True, help="folder for the PNGs (created)")
-    parser.add_argument("--output", choices=list(MASK_KINDS), default="color",
-                        help="color: palette PNG; label: class-id PNG; overlay: mask on the photo (default: color)")
+    parser.add_argument("--output", choices=list(OUTPUT_KINDS), default="color",
+                        help="color: palette PNG; label: class-id PNG; overlay: mask on the photo; confidence: "
+                             "8-bit PNG of the winning class's probability; rle: <name>.rle.json with COCO RLE "
+                             "per class; coco: rle plus results.json and categories.json for all inputs "
+                             "(default: color)")
+    parser.add_argument("--classes", default=None, metavar="NAMES_OR_IDS",
+                        help="comma-separated class names or ids: report only these (label: others 255; color: "
+                             "others transparent; overlay: others unpainted; confidence: others 0; rle/coco: "
+                             "only these listed)")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write <name>.npz: float16 (classes, H, W) probabilities, compressed "
+                             "(2 bytes per pixel and class before compression)")
     parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity for --output overlay (default: 0.5)")
     parser.add_argument("--scales", help="comma-separated test scales (default: the model's)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -115,7 +126,9 @@ def build_job(args: argparse.Namespace) -> tuple[PredictJob, list]:
     if not tasks:
         raise ValueError(f"no image files found in {', '.join(args.inputs + args.list)}")
     model = ModelSpec(str(repository.root), meta.name, meta.version, args.backend, triton_url=args.triton_url)
-    job = PredictJob(model, out_dir, OutputPlan.for_kinds([args.output], args.alpha), options,
+    chosen = parse_classes(args.classes, meta.classes)  # ClassFilterError is a ValueError: a usage error
+    plan = OutputPlan.for_kinds([args.output], args.alpha, chosen, args.probabilities)
+    job = PredictJob(model, out_dir, plan, options,
                      ImageLimits(max_pixels=args.max_pixels), overwrite=args.overwrite)
     return job, tasks
 

@@ -75,23 +75,31 @@ def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
 
 
+def _nearest_indices(out_size: int, in_size: int) -> np.ndarray:
+    return np.minimum(((np.arange(out_size) + 0.5) * in_size / out_size).astype(np.int64), in_size - 1)
+
+
 def resize_label_nearest(label: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """(h, w) class ids -> (H, W) by nearest neighbour (pixel centres), dtype kept."""
+    """(h, w) class ids -> (H, W) by nearest neighbour (pixel centres), dtype kept.
+
+    Also (..., h, w) arrays (probabilities per class): the last two axes are resized.
+    """
     out_h, out_w = size
-    in_h, in_w = label.shape
-    rows = np.minimum(((np.arange(out_h) + 0.5) * in_h / out_h).astype(np.int64), in_h - 1)
-    cols = np.minimum(((np.arange(out_w) + 0.5) * in_w / out_w).astype(np.int64), in_w - 1)
-    return label[rows[:, None], cols[None, :]]
+    in_h, in_w = label.shape[-2:]
+    rows, cols = _nearest_indices(out_h, in_h), _nearest_indices(out_w, in_w)
+    return label[..., rows[:, None], cols[None, :]]
 
 
 @dataclass
 class Prediction:
     """What the pipeline gave for one image: the decoded (H, W, 3) uint8 RGB image, its (H, W) class
-    ids and, when asked for, its (H, W) uint8 confidence."""
+    ids and, when asked for, its (H, W) uint8 confidence and its (classes, H, W) float16
+    probabilities."""
 
     image: np.ndarray
     label: np.ndarray
     confidence: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
 
 
 def confidence_levels(winning: np.ndarray) -> np.ndarray:
@@ -99,14 +107,18 @@ def confidence_levels(winning: np.ndarray) -> np.ndarray:
     return np.rint(np.asarray(winning, dtype=np.float32) * np.float32(255.0)).astype(np.uint8)
 
 
-def _label_and_confidence(image: np.ndarray, runner: Runner, spec: PipelineSpec, options: InferenceOptions,
-                          stats: PipelineStats) -> tuple[np.ndarray, np.ndarray]:
+def _from_probabilities(image: np.ndarray, runner: Runner, spec: PipelineSpec, options: InferenceOptions,
+                        stats: PipelineStats, confidence: bool,
+                        probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(label, confidence or None, (classes, h, w) float16 probabilities or None) at the inference size."""
     probs = predict_probabilities(image, runner, spec, options, stats)
     tick = time.perf_counter()
     label = probs.argmax(axis=2).astype(np.uint8 if spec.num_classes <= 256 else np.int32)
-    confidence = confidence_levels(probs.max(axis=2))  # the argmax's own value: the winner's probability
+    # The max is the argmax's own value: the winner's probability.
+    levels = confidence_levels(probs.max(axis=2)) if confidence else None
+    planes = np.ascontiguousarray(probs.astype(np.float16).transpose(2, 0, 1)) if probabilities else None
     stats.seconds["stitch"] += time.perf_counter() - tick
-    return label, confidence
+    return label, levels, planes
 
 
 def segment(
@@ -117,11 +129,14 @@ def segment(
     stats: PipelineStats | None = None,
     spec: PipelineSpec | None = None,
     confidence: bool = False,
+    probabilities: bool = False,
 ) -> Prediction:
-    """`segment_image`'s label map, and with `confidence` the confidence map, as a Prediction.
+    """`segment_image`'s label map, and what else is asked for, as a Prediction.
 
-    The confidence is brought back to the input's size as the label is (nearest neighbour), so
-    each pixel's confidence is that of its own label.
+    `confidence`: the (H, W) uint8 confidence map; `probabilities`: the (classes, H, W) float16
+    probabilities (offline outputs only: they cost 2 bytes per pixel and class). Both are
+    brought back to the input's size as the label is (nearest neighbour), so each pixel's values
+    are those of its own label.
     """
     stats = stats if stats is not None else PipelineStats()
     spec = spec or PipelineSpec.from_metadata(meta)
@@ -133,18 +148,19 @@ def segment(
         tick = time.perf_counter()
         small = resize_image(image, small_size)
         stats.seconds["preprocess"] += time.perf_counter() - tick
-    levels = None
-    if confidence:
-        label, levels = _label_and_confidence(small, runner, spec, options.pipeline_options(), stats)
+    levels = planes = None
+    if confidence or probabilities:
+        label, levels, planes = _from_probabilities(small, runner, spec, options.pipeline_options(), stats,
+                                                    confidence, probabilities)
     else:
         label = predict_label(small, runner, spec, options.pipeline_options(), stats)
     if small_size != (height, width):
         tick = time.perf_counter()
         label = resize_label_nearest(label, (height, width))
-        if levels is not None:
-            levels = resize_label_nearest(levels, (height, width))
+        levels = resize_label_nearest(levels, (height, width)) if levels is not None else None
+        planes = resize_label_nearest(planes, (height, width)) if planes is not None else None
         stats.seconds["stitch"] += time.perf_counter() - tick
-    return Prediction(image, label, levels)
+    return Prediction(image, label, levels, planes)
 
 
 def segment_image(

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from serving.batch.inputs import MAX_INPUT_BYTES, ImageTask
-from serving.batch.outputs import OutputPlan, Prediction, write_outputs
+from serving.batch.outputs import OutputPlan, write_outputs
 from serving.imaging import ImageError, decode_image
 from serving.pipeline import PipelineSpec, Runner
 from serving.repository import ModelMetadata
-from serving.segmentation import SegmentOptions, segment_image
+from serving.segmentation import SegmentOptions, segment
 
 WRITTEN, FAILED, SKIPPED = "written", "failed", "skipped"
 
@@ -129,9 +129,11 @@ class ImagePredictor:
             return result(FAILED, f"cannot read it: {exc.strerror or exc}")
         except ImageError as exc:
             return result(FAILED, str(exc))
-        label = segment_image(image, self.runner, self.meta, self.options, spec=self.spec)
+        needs = self.plan.needs
+        prediction = segment(image, self.runner, self.meta, self.options, spec=self.spec,
+                             confidence="confidence" in needs, probabilities="probabilities" in needs)
         try:
-            records = write_outputs(self.plan, self.out_dir, task.name, Prediction(image, label), self.meta)
+            records = write_outputs(self.plan, self.out_dir, task.name, prediction, self.meta)
         except OSError as exc:
             return result(FAILED, f"cannot write its output under {self.out_dir}: {exc}")
         return result(WRITTEN, records=records)

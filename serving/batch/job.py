@@ -256,7 +256,7 @@ def run_job(job: PredictJob, tasks: list[ImageTask], executor: Executor = run_lo
     the images done so far are written.
     """
     report = JobReport(total=len(tasks), out_dir=job.out_dir)
-    job_outputs = job.plan.job_outputs()
+    job_outputs = job.plan.job_outputs(job.model.metadata(), [task.name for task in tasks])
     with out_folder(job) as trusted:
         pending = []
         for task in tasks:

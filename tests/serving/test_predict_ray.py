@@ -113,6 +113,25 @@ def test_ray_job_writes_the_same_bytes_as_one_process(ray_instance, gateway_sour
     assert "job (wall time)" in table
 
 
+def test_every_output_kind_is_byte_identical_to_one_process(ray_instance, gateway_source_repository,
+                                                             psp_model_name, photos, tmp_path):
+    """COCO RLE with a class filter and the probabilities: per-image files and the job's results.json."""
+    extra = ["--output", "coco", "--classes", "0,1,2", "--probabilities"]
+    single, distributed = tmp_path / "single", tmp_path / "ray"
+    assert predict.main(_argv(gateway_source_repository, psp_model_name, single, photos) + extra) == 0  # the last --output wins
+    argv = _argv(gateway_source_repository, psp_model_name, distributed, photos) + extra
+    assert predict.main([*argv, "--ray", "--workers", "2"]) == 0
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+                if p.is_file() and not p.name.startswith(".")}
+
+    expected = files(single)
+    assert len([name for name in expected if name.endswith(".npz")]) == 8
+    assert {"results.json", "categories.json", "street/a.rle.json"} <= set(expected)
+    assert files(distributed) == expected
+
+
 def test_bad_inputs_are_listed_in_failures_json_and_the_rest_is_written(ray_instance, gateway_source_repository,
                                                                         psp_model_name, photos, reference,
                                                                         tmp_path, capsys):
