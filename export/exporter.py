@@ -48,10 +48,12 @@ from serving.repository import (
     COLORS_FILE,
     CONFIG_FILE,
     LABELS_FILE,
+    LOCK_FILE,
     ModelMetadata,
     ModelRepository,
     RepositoryError,
     colors_text,
+    discard_lock_file,
     labels_text,
     validate_model_name,
 )
@@ -581,6 +583,7 @@ def publish(repo: ModelRepository, name: str, populate, model_files: dict[str, s
             for file_name in model_files:
                 with contextlib.suppress(OSError):
                     (model_dir / file_name).unlink()
+            discard_lock_file(model_dir / LOCK_FILE)
         for directory in reversed(created):
             with contextlib.suppress(OSError):
                 os.rmdir(directory)

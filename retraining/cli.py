@@ -124,7 +124,7 @@ def versions_main(argv: Sequence[str] | None = None) -> int:
 
 def rollback_main(argv: Sequence[str] | None = None) -> int:
     from retraining.pipeline import PipelineRequest, notify_serving
-    from retraining.versions import rollback
+    from retraining.versions import roll_back
 
     parser = argparse.ArgumentParser(prog="sceneparse rollback",
                                      description="Make an earlier version the served one (pins it).")
@@ -134,11 +134,16 @@ def rollback_main(argv: Sequence[str] | None = None) -> int:
     _notify_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        version = rollback(ModelRepository(args.repository), args.name, args.to)
+        done = roll_back(ModelRepository(args.repository), args.name, args.to)
     except RepositoryError as exc:
         print(f"sceneparse rollback: {exc}", file=sys.stderr)
         return 1
+    version = done.version
     print(f"{args.name}: now serving version {version} (pinned; the next published version unpins it)")
+    if done.widened_policy is not None:
+        print(f"{args.name}: config.pbtxt's version_policy did not have Triton load version {version}; it now loads "
+              f"versions {done.widened_policy}. Triton in explicit mode loads it on a load request (--triton-url), "
+              "in poll mode by itself; a gateway on Triton switches once Triton reports it ready")
     request = PipelineRequest(config="", name=args.name, gateway_urls=args.gateway_url, admin_key=args.admin_key,
                               triton_url=args.triton_url, triton_protocol=args.triton_protocol)
     problems = notify_serving(request)

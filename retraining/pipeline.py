@@ -279,9 +279,9 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
 
         step = "publish"
         started = run.start("publish")
+        # publish_version also removes a rollback pin, in the same hold of the publish lock: a pin
+        # must not hide the new version.
         version = _publish_staged(repo, staged.path, request.name)
-        if repo.pinned_version(request.name) is not None:
-            repo.set_pinned_version(request.name, None)  # a rollback pin must not hide the new version
         report["retention_deleted"] = apply_retention(repo, request.name, request.keep_last)
         outcome.published_version = report["published_version"] = version
         run.done("publish", started)

@@ -46,7 +46,8 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = backend or await asyncio.to_thread(create_backend, settings)
-        manager = ModelManager(ModelRepository(settings.repository), engine, settings.default_model)
+        manager = ModelManager(ModelRepository(settings.repository), engine, settings.default_model,
+                               warmup=settings.warmup)
         pool = WorkerPool(settings.workers, settings.queue_size, gateway_metrics,
                           budget=settings.cost_budget_mb * MIB)
         gateway = Gateway(settings, engine, manager, pool, gateway_metrics)
@@ -66,6 +67,7 @@ def create_app(settings: Settings | None = None, backend: Backend | None = None)
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await poller
+            await gateway.stop_watching()
             await asyncio.to_thread(gateway.close)
 
     app = FastAPI(

@@ -63,6 +63,15 @@ class GatewayMetrics:
             "sceneparse_model_reloads", "Model version changes and load failures.", ["model", "result"],
             registry=self.registry,
         )
+        self.skipped_entries = Gauge(
+            "sceneparse_repository_skipped_entries",
+            "Model repository entries skipped at the last scan (bad name, symlink out, half-written, unreadable).",
+            registry=self.registry,
+        )
+        self.pending_versions = Gauge(
+            "sceneparse_pending_versions", "Published versions waiting for the backend to report them ready.",
+            registry=self.registry,
+        )
         for stage in STAGES:  # so every stage shows up before the first request
             self.stage_seconds.labels(stage)
 

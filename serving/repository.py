@@ -11,8 +11,10 @@ Layout (a Triton model repository, plus sceneparse's own metadata)::
 
 A version directory becomes visible only complete: it is built under `<root>/<name>/.tmp-*`
 (Triton ignores non-numeric directories) and renamed into place. A version that has no
-`sceneparse.json` is not a version. This module is torch-free: export, serving and the
-retraining pipeline all go through it.
+`sceneparse.json` is not a version. Publishing, pinning and deleting versions of a model take
+its publish lock (`<name>/.publish.lock`, an OS file lock). Reading goes through `scan()`
+(serving/repository_scan.py): a bad entry is skipped and reported, never fatal to the others.
+This module is torch-free: export, serving and the retraining pipeline all go through it.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from filelock import FileLock, Timeout
+
+if TYPE_CHECKING:
+    from serving.repository_scan import ModelScan, RepositoryScan
 
 METADATA_FILE = "sceneparse.json"
 LABELS_FILE = "labels.txt"
@@ -168,26 +173,31 @@ class ModelRepository:
             raise RepositoryError(f"model name {name!r} escapes the repository")
         return path
 
+    def scan(self) -> RepositoryScan:
+        """Every usable model with its usable versions, and what is wrong with each bad entry.
+
+        Never fails because of one entry (serving/repository_scan.py); raises RepositoryError only
+        when the root itself cannot be listed.
+        """
+        from serving.repository_scan import scan_repository
+
+        return scan_repository(self)
+
+    def scan_model(self, name: str) -> ModelScan:
+        """One model's usable versions, the version to serve and the problems of its other entries."""
+        from serving.repository_scan import scan_model
+
+        return scan_model(self, name)
+
     def list_models(self) -> list[str]:
-        """Names of models that have at least one complete version, sorted."""
+        """Names of models that have a version to serve, sorted (bad entries are skipped)."""
         if not self.root.is_dir():
             return []
-        names = []
-        for child in sorted(self.root.iterdir()):
-            if child.is_dir() and _NAME_RE.match(child.name) and self.list_versions(child.name):
-                names.append(child.name)
-        return names
+        return sorted(self.scan().models)
 
     def list_versions(self, name: str) -> list[int]:
-        """Complete versions of `name` (numeric directories holding metadata), ascending."""
-        directory = self.model_dir(name)
-        if not directory.is_dir():
-            return []
-        versions = []
-        for child in directory.iterdir():
-            if child.is_dir() and child.name.isdigit() and (child / METADATA_FILE).is_file():
-                versions.append(int(child.name))
-        return sorted(versions)
+        """Usable versions of `name` (complete, readable, valid metadata), ascending."""
+        return self.scan_model(name).versions
 
     def version_dir(self, name: str, version: int) -> Path:
         if int(version) < 1:
@@ -200,19 +210,19 @@ class ModelRepository:
             return None
         try:
             pinned = json.loads(path.read_text()).get("pinned_version")
-        except (OSError, ValueError) as exc:
+            return None if pinned is None else int(pinned)
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
             raise RepositoryError(f"{path}: unreadable deployment file: {exc}") from exc
-        return None if pinned is None else int(pinned)
 
     def served_version(self, name: str) -> int:
-        """The version the gateway should serve: the pinned one if set and present, else the newest."""
-        versions = self.list_versions(name)
-        if not versions:
-            raise ModelNotFoundError(f"model {name!r} has no published version in {self.root}")
-        pinned = self.pinned_version(name)
-        if pinned is not None and pinned in versions:
-            return pinned
-        return versions[-1]
+        """The version the gateway should serve: the pinned one if set and usable, else the newest usable one."""
+        scan = self.scan_model(name)
+        if scan.served is None:
+            detail = f" ({'; '.join(scan.problems)})" if scan.problems else ""
+            if not scan.versions and not scan.problems:
+                raise ModelNotFoundError(f"model {name!r} has no published version in {self.root}")
+            raise RepositoryError(f"model {name!r} has no version to serve{detail}")
+        return scan.served
 
     def read_metadata(self, name: str, version: int | None = None) -> ModelMetadata:
         version = self.served_version(name) if version is None else int(version)
@@ -235,10 +245,23 @@ class ModelRepository:
         return path
 
     # --- writing -------------------------------------------------------------------------
-    def set_pinned_version(self, name: str, version: int | None) -> None:
-        if version is not None and version not in self.list_versions(name):
-            raise ModelNotFoundError(f"model {name!r} has no version {version}")
+    def set_pinned_version(self, name: str, version: int | None, lock_timeout: float = 60.0) -> None:
+        """Pin `version` as the served one (None: unpin), under the model's publish lock.
+
+        Under the lock, so that a pin is never written between a publisher's check and its rename
+        (a rollback racing a publish), nor removed behind the back of one.
+        """
+        with self.publish_lock(name, lock_timeout):
+            if version is not None and version not in self.list_versions(name):
+                raise ModelNotFoundError(f"model {name!r} has no version {version}")
+            self._write_pin(name, version)
+
+    def _write_pin(self, name: str, version: int | None) -> None:
         atomic_write_text(self.model_dir(name) / DEPLOYMENT_FILE, json.dumps({"pinned_version": version}) + "\n")
+
+    def publish_lock(self, name: str, timeout: float = 60.0) -> contextlib.AbstractContextManager[None]:
+        """The publish lock of model `name` (its directory must exist)."""
+        return publish_lock(self.model_dir(name) / LOCK_FILE, timeout=timeout)
 
     def next_version(self, name: str) -> int:
         directory = self.model_dir(name)
@@ -267,6 +290,7 @@ class ModelRepository:
         model_files: dict[str, str] | None = None,
         version: int | str = "auto",
         lock_timeout: float = 60.0,
+        unpin: bool = True,
     ) -> tuple[int, Path]:
         """Build a new version in a staging directory and rename it into place atomically.
 
@@ -274,7 +298,9 @@ class ModelRepository:
         metadata; `model_files` (file name -> text) are model-level files such as
         config.pbtxt, labels.txt and colors.txt, each replaced atomically once the version is
         complete in staging and just before it is renamed into place.
-        Returns (version, path). Never overwrites an existing version.
+        Returns (version, path). Never overwrites an existing version. With `unpin` (the default)
+        a rollback pin is removed in the same hold of the lock, so the new version is the served
+        one (a pin written later, by a rollback after this publish, stays).
 
         All versions of a model share one config.pbtxt, so Triton loads every retained version
         with the newest one's tensor names, shapes and types: a version whose tensor contract
@@ -283,7 +309,7 @@ class ModelRepository:
         self.check_root(create=True)
         directory = self.model_dir(name)
         directory.mkdir(exist_ok=True)
-        with publish_lock(directory / LOCK_FILE, timeout=lock_timeout):
+        with self.publish_lock(name, lock_timeout):
             _remove_stale_staging(directory)
             if version == "auto":
                 number = self.next_version(name)
@@ -304,6 +330,8 @@ class ModelRepository:
                 for file_name, text in (model_files or {}).items():
                     atomic_write_text(directory / file_name, text)
                 os.rename(staging, directory / str(number))
+                if unpin and (directory / DEPLOYMENT_FILE).exists():
+                    self._write_pin(name, None)
                 _fsync_dir(directory)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -359,52 +387,36 @@ def _remove_stale_staging(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def publish_lock(path: Path, timeout: float = 60.0, stale_after: float = 3600.0) -> Iterator[None]:
-    """An exclusive lock file (O_CREAT|O_EXCL) holding `host pid time`.
+def publish_lock(path: Path, timeout: float = 60.0) -> Iterator[None]:
+    """Hold the OS file lock (flock) on `path`; raises RepositoryError after `timeout` seconds.
 
-    Stale rule: a lock whose owner is a dead process on this host, or older than
-    `stale_after` seconds, is broken. Raises RepositoryError after `timeout` seconds.
+    The kernel drops the lock when its holder's process ends, however it ends (SIGKILL, the OOM
+    killer, a container stopped), so a killed publisher never blocks the next one, and there is no
+    staleness rule to get wrong: the host name, the pid and the clock play no part (compose gives
+    each run a new host name). The lock file itself stays; its content means nothing. Reentrant
+    within a thread (one lock object per path and process), exclusive between threads and processes.
+    Needs a file system with working flock (local, or NFS with its lock service).
     """
-    deadline = time.monotonic() + timeout
-    host = socket.gethostname()
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            if _lock_is_stale(path, host, stale_after):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                continue
-            if time.monotonic() > deadline:
-                raise RepositoryError(f"could not take the publish lock {path} within {timeout:.0f}s") from None
-            time.sleep(0.05)
-            continue
-        with os.fdopen(fd, "w") as handle:
-            handle.write(f"{host} {os.getpid()} {time.time():.3f}\n")
-        try:
-            yield
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        return
-
-
-def _lock_is_stale(path: Path, host: str, stale_after: float) -> bool:
+    lock = FileLock(str(path), is_singleton=True)
     try:
-        owner_host, pid, stamp = path.read_text().split()
-    except (OSError, ValueError):
-        # Being written right now, or garbage: judge by age alone.
-        try:
-            return time.time() - path.stat().st_mtime > max(stale_after, 5.0)
-        except FileNotFoundError:
-            return False
-    if time.time() - float(stamp) > stale_after:
-        return True
-    if owner_host == host:
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-    return False
+        lock.acquire(timeout=timeout)
+    except Timeout:
+        raise RepositoryError(
+            f"could not take the publish lock {path} within {timeout:.0f}s: another publish, rollback or "
+            "retention of this model is running") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def discard_lock_file(path: Path) -> None:
+    """Remove a publish lock file that nobody holds (for a model directory about to be removed).
+
+    Taken first, so it is never removed under a holder. Waiters open the file by name on every
+    attempt, so one that comes after the removal creates and locks a fresh file.
+    """
+    if not path.exists():
+        return
+    with contextlib.suppress(RepositoryError, OSError), publish_lock(path, timeout=0):
+        path.unlink()

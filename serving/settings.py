@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     backend: Literal["onnxruntime", "triton"] = Field("onnxruntime", description="inference engine")
     default_model: str | None = Field(None, description="model used when a request names none (default: the first)")
     poll_interval: float = Field(10.0, ge=0, description="seconds between repository scans for new versions; 0: only on reload")
+    warmup: bool = Field(True, description="run one inference at the crop size and max batch before a version "
+                         "serves (the first request after a reload then costs what the others do)")
 
     # --- Triton --------------------------------------------------------------------------------
     triton_url: str | None = Field(None, description="host:port of Triton (default: 127.0.0.1:8000 http, :8001 grpc)")

@@ -28,6 +28,16 @@ class ModelRunner(ABC):
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, crop_h, crop_w), N <= max_batch_size -> float32 logits (N, C, h, w)."""
 
+    def warm_up(self) -> None:
+        """Run one batch of `max_batch_size` zero crops, so the first request finds the engine ready.
+
+        ONNX Runtime plans memory and grows its arena on a session's first runs; a request after a
+        reload would pay for that. The largest batch is the one a request uses, and the one that
+        sizes the arena.
+        """
+        meta = self.meta
+        self(np.zeros((self.max_batch_size, 3, meta.crop_h, meta.crop_w), dtype=np.float32))
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release the model (sessions, connections)."""
 

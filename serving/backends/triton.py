@@ -185,6 +185,10 @@ class TritonRunner(ModelRunner):
         self.backend = backend
         self.datatype, self.dtype = _DATATYPES[meta.precision]
 
+    def warm_up(self) -> None:
+        """Nothing: Triton warms a version up itself (config.pbtxt's `model_warmup`) before it reports
+        it ready, and the gateway swaps a version in only once Triton reports it ready."""
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, crop_h, crop_w), N <= max_batch_size -> float32 logits (N, C, h, w).
 

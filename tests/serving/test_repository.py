@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -18,6 +23,8 @@ from serving.repository import (
     RepositoryError,
     publish_lock,
 )
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _metadata(**overrides) -> ModelMetadata:
@@ -60,7 +67,7 @@ def test_failed_populate_leaves_nothing_visible(tmp_path):
     with pytest.raises(RuntimeError, match="exporter died"):
         repo.publish_version("seg", broken)
     assert repo.list_versions("seg") == [1]
-    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == ["1"]
+    assert sorted(p.name for p in (tmp_path / "seg").iterdir()) == [LOCK_FILE, "1"]  # no staging left
 
 
 @pytest.mark.parametrize("change", [{"precision": "fp16"}, {"crop_h": 97}, {"max_batch_size": 4},
@@ -152,19 +159,112 @@ def test_concurrent_publishers_never_share_a_version(tmp_path):
     assert ModelRepository(tmp_path).list_versions("seg") == list(range(1, 16))
 
 
-def test_stale_lock_of_dead_process_is_broken(tmp_path):
-    lock = tmp_path / LOCK_FILE
-    proc = mp.get_context("fork").Process(target=os._exit, args=(0,))
-    proc.start()
-    proc.join()
-    lock.write_text(f"{os.uname().nodename} {proc.pid} {time.time():.3f}\n")
-    with publish_lock(lock, timeout=2):
-        assert lock.read_text().split()[1] == str(os.getpid())
-    assert not lock.exists()
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from serving.repository import ModelRepository
+repo = ModelRepository(sys.argv[1])
+with repo.publish_lock("seg"):
+    Path(sys.argv[2]).write_text("held")
+    time.sleep(600)
+"""
 
 
-def test_live_lock_times_out_with_clear_error(tmp_path):
+def _hold_lock_in_a_process(root, tmp_path) -> subprocess.Popen:
+    """A real process that takes the publish lock of `seg` and holds it until it is killed."""
+    marker = tmp_path / "held"
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    process = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(root), str(marker)], cwd=REPO_ROOT, env=env,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline, "the lock holder never took the lock"
+        time.sleep(0.05)
+    return process
+
+
+def test_a_publisher_killed_by_sigkill_never_blocks_the_next_one(tmp_path):
+    repo = ModelRepository(tmp_path / "repo")
+    repo.publish_version("seg", _populate)
+    holder = _hold_lock_in_a_process(repo.root, tmp_path)
+    try:
+        # Held: publishing and pinning wait, then fail naming the lock.
+        with pytest.raises(RepositoryError, match="could not take the publish lock"):
+            repo.publish_version("seg", _populate, lock_timeout=0.5)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    assert holder.returncode == -signal.SIGKILL
+    assert (repo.root / "seg" / LOCK_FILE).exists()  # the file stays; the kernel dropped the lock
+    started = time.monotonic()
+    assert repo.publish_version("seg", _populate, lock_timeout=5)[0] == 2
+    assert time.monotonic() - started < 2
+
+
+def test_a_lock_file_left_by_another_host_means_nothing(tmp_path):
+    """Compose gives each run a new host name: what a killed publisher on another host left is no lock."""
+    repo = ModelRepository(tmp_path)
+    repo.publish_version("seg", _populate)
+    (tmp_path / "seg" / LOCK_FILE).write_text(f"container-4f2a 1 {time.time():.3f}\n")
+    started = time.monotonic()
+    assert repo.publish_version("seg", _populate, lock_timeout=5)[0] == 2
+    assert time.monotonic() - started < 2
+
+
+def test_a_held_lock_times_out_with_a_clear_error_and_is_reentrant_in_its_thread(tmp_path):
     lock = tmp_path / LOCK_FILE
-    lock.write_text(f"{os.uname().nodename} {os.getpid()} {time.time():.3f}\n")
-    with pytest.raises(RepositoryError, match="could not take the publish lock"), publish_lock(lock, timeout=0.3):
+    with publish_lock(lock, timeout=1):
+        with publish_lock(lock, timeout=1):  # the same thread again: set_pinned_version inside a publish
+            pass
+        failures = []
+
+        def other_thread():
+            try:
+                with publish_lock(lock, timeout=0.3):
+                    failures.append("taken twice")
+            except RepositoryError as exc:
+                failures.append(str(exc))
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join(10)
+        assert len(failures) == 1 and "could not take the publish lock" in failures[0]
+    with publish_lock(lock, timeout=1):  # released
         pass
+
+
+def test_removing_a_pin_waits_for_the_lock(tmp_path):
+    """A rollback pin is written and removed under the publish lock, never beside a running publish."""
+    repo = ModelRepository(tmp_path / "repo")
+    for _ in range(2):
+        repo.publish_version("seg", _populate)
+    repo.set_pinned_version("seg", 1)
+    holder = _hold_lock_in_a_process(repo.root, tmp_path)
+    try:
+        with pytest.raises(RepositoryError, match="could not take the publish lock"):
+            repo.set_pinned_version("seg", None, lock_timeout=0.5)
+        with pytest.raises(RepositoryError, match="could not take the publish lock"):
+            repo.set_pinned_version("seg", 2, lock_timeout=0.5)
+        assert repo.pinned_version("seg") == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    repo.set_pinned_version("seg", None, lock_timeout=5)
+    assert repo.pinned_version("seg") is None and repo.served_version("seg") == 2
+
+
+def test_publishing_removes_a_rollback_pin_in_the_same_hold_of_the_lock(tmp_path):
+    repo = ModelRepository(tmp_path)
+    for _ in range(2):
+        repo.publish_version("seg", _populate)
+    repo.set_pinned_version("seg", 1)
+    assert repo.served_version("seg") == 1
+    assert repo.publish_version("seg", _populate)[0] == 3
+    assert repo.pinned_version("seg") is None and repo.served_version("seg") == 3
+    repo.set_pinned_version("seg", 2)
+    assert repo.publish_version("seg", _populate, unpin=False)[0] == 4
+    assert repo.served_version("seg") == 2

@@ -125,9 +125,10 @@ def test_readyz_and_5xx_carry_no_paths_hosts_or_library_messages(broken_reposito
         # The details are there for an admin.
         assert client.get("/v1/admin/status").status_code == 401
         details = client.get("/v1/admin/status", headers={"X-API-Key": ADMIN}).json()
-        assert details["ready"] is False and details["load_errors"]
-        assert any("sceneparse.json" in message or "json" in message.lower()
-                   for message in details["load_errors"].values())
+        assert ready.json()["reason"] == "no model is loaded (2 repository entries skipped; see the log)"
+        assert details["ready"] is False and details["skipped_entries"]
+        assert all("sceneparse.json is not valid JSON" in problems[0]
+                   for problems in details["skipped_entries"].values())
         assert details["repository"] == str(broken_repository.root)
 
 
