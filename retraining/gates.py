@@ -59,10 +59,34 @@ def per_class_iou(metrics: dict[str, Any]) -> list[float]:
     return []
 
 
+def comparable(deployed: dict[str, Any], candidate: dict[str, Any]) -> dict[str, Any]:
+    """The deployed metrics averaged the way the candidate's are.
+
+    Metrics record their absent-class policy (`absent`); a deployed version evaluated before they
+    did was averaged with the then default, "exclude". When the policies differ and the per-class
+    pixel counts are there, the deployed means are recomputed from the counts under the
+    candidate's policy, so that a change of default is never mistaken for a regression.
+    """
+    policy = candidate.get("absent")
+    recorded = deployed.get("absent", "exclude" if policy else None)
+    rows = deployed.get("per_class")
+    counted = isinstance(rows, list) and rows and all(
+        all(key in row for key in ("intersection", "union", "target")) for row in rows)
+    if policy is None or recorded == policy or not counted:
+        return deployed
+    from training.metrics import summarize
+
+    again = summarize([row["intersection"] for row in rows], [row["union"] for row in rows],
+                      [row["target"] for row in rows], [str(row.get("name", row["id"])) for row in rows], policy)
+    return {**deployed, **{key: again[key] for key in ("mIoU", "mAcc", "aAcc", "per_class", "absent")}}
+
+
 def check_gates(candidate: dict[str, Any], deployed: dict[str, Any] | None, policy: GatePolicy,
                 class_names: list[str] | None = None) -> GateResult:
     """Compare candidate metrics with the deployed version's (None when nothing is deployed yet)."""
     checks: list[GateCheck] = []
+    if deployed:
+        deployed = comparable(deployed, candidate)
     miou = float(candidate["mIoU"])
     if policy.min_miou is not None:
         checks.append(GateCheck("min-miou", miou >= policy.min_miou, f"mIoU {miou:.4f} vs floor {policy.min_miou:.4f}"))

@@ -258,7 +258,8 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
         candidate = evaluate_deployed(staged.path.parent.parent, staged.name, staged.version,
                                       _evaluation_config(cfg, checkpoint, run), progress=True)
         class_names = list(dataset_info_for_config(cfg).classes)
-        report["candidate_metrics"] = {k: candidate[k] for k in ("mIoU", "mAcc", "aAcc", "per_class") if k in candidate}
+        report["candidate_metrics"] = {k: candidate[k] for k in ("mIoU", "mAcc", "aAcc", "absent", "per_class")
+                                       if k in candidate}
         _record_metrics(staged.path, report["candidate_metrics"])
         run.done("evaluate", started)
 

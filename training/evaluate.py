@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from serving.pipeline import InferenceOptions, PipelineSpec, PipelineStats, predict_label
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from training.metrics import ABSENT_POLICIES, AreaMeter
+from training.metrics import ABSENT_POLICIES, DEFAULT_ABSENT, AreaMeter
+from training.original_log import eval_result_lines, get_logger
 from training.reports import format_table, write_reports
 
 
@@ -193,7 +194,7 @@ def score_predictions(
     class_names: Sequence[str] | None = None,
     ignore_label: int = 255,
     label_mapping=None,
-    absent: str = "exclude",
+    absent: str = DEFAULT_ABSENT,
     progress: bool = True,
 ) -> dict:
     """Score gray/<name>.png of each item against its label.
@@ -273,7 +274,7 @@ def evaluate_dataset(
     *,
     device: str | None = None,
     batch_size: int = 4,
-    absent: str = "exclude",
+    absent: str = DEFAULT_ABSENT,
     progress: bool = True,
     write_report_files: bool = True,
 ) -> dict:
@@ -284,7 +285,7 @@ def evaluate_dataset(
         model: an nn.Module to evaluate; None builds it from the config and loads `model_path`.
         device: torch device for the model (default: see `default_device`).
         batch_size: windows per forward pass.
-        absent: "exclude" or "zero" (see `training.metrics`).
+        absent: "zero" (the original's averaging, default) or "exclude" (see `training.metrics`).
         progress: show tqdm bars (rate and ETA).
         write_report_files: write `<save_folder>/<stem>.{json,csv,png}` when scoring.
     Returns:
@@ -369,9 +370,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--absent",
         choices=ABSENT_POLICIES,
-        default="exclude",
-        help="classes absent from prediction and label: leave out of the means (exclude, default) "
-        "or count as 0 like the original (zero)",
+        default=DEFAULT_ABSENT,
+        help="classes absent from prediction and label: count as 0 in the means like the original "
+        "(zero, default) or leave them out (exclude)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides: KEY VALUE ... (after the options)")
@@ -408,9 +409,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(result))
         for kind, path in result["reports"].items():
             print(f"{kind}: {path}")
+        log_eval_result(result)
     else:
         print(f"wrote {result['images']} predictions to {result['save_folder']} (split 'test' has no labels to score)")
     return 0
+
+
+def log_eval_result(result: dict) -> None:
+    """The original test script's result lines on stderr (`Eval result: ...`, `Class_i result: ...`)."""
+    logger = get_logger()
+    for line in eval_result_lines(result):
+        logger.info(line)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -32,6 +32,7 @@ from training.evaluate import (
     has_labels,
     inference_options,
     label_mapping_for,
+    log_eval_result,
     predict_items,
     read_items,
     report_stem,
@@ -144,7 +145,7 @@ def evaluate_deployed(
         cfg: the evaluation config (a Config); None: the config recorded at export.
         backend: "onnxruntime" (in this process) or "triton" (at `triton_url`).
         threads: ONNX Runtime intra-op threads (None: the gateway's default).
-        absent: "exclude" or "zero" (None: training.evaluate's default).
+        absent: "zero" or "exclude" (None: training.evaluate's default, "zero" as the original).
     Returns:
         training.evaluate.evaluate_dataset's dict (mIoU, mAcc, aAcc, per_class, ... for a
         labelled split; images, index_start, index_end, save_folder, seconds,
@@ -208,7 +209,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--triton-url", default=None, help="Triton host:port for --backend triton")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads")
     parser.add_argument("--absent", choices=ABSENT_POLICIES, default=None,
-                        help="classes absent from prediction and label (default: as `sceneparse test`)")
+                        help="classes absent from prediction and label (default: as `sceneparse test`, zero)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides: KEY VALUE ... (after the options)")
     return parser.parse_args(argv)
@@ -240,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(result))
         for kind, path in result["reports"].items():
             print(f"{kind}: {path}")
+        log_eval_result(result)
     else:
         print(f"wrote {result['images']} predictions of {what} to {result['save_folder']} "
               "(split 'test' has no labels to score)")

@@ -8,10 +8,10 @@ the numpy half works anywhere, `intersection_and_union_torch` imports torch when
 Classes absent from both the prediction and the target (union 0) have no defined IoU. Two
 policies, chosen with `absent=`:
 
-- `"exclude"` (default, as mature tools do): such classes are left out of mIoU; classes with no
-  target pixels are left out of mAcc. Their per-class values are NaN.
-- `"zero"` (the original's numbers): every class counts in the mean, an undefined ratio counts as
-  0 (the original divided by union + 1e-10).
+- `"zero"` (default, the original's numbers): every class counts in the mean, an undefined ratio
+  counts as 0 (the original divided by union + 1e-10 and averaged over all K classes).
+- `"exclude"` (opt-in, as some later tools do): such classes are left out of mIoU; classes with
+  no target pixels are left out of mAcc. Their per-class values are NaN.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-ABSENT_POLICIES = ("exclude", "zero")
+ABSENT_POLICIES = ("zero", "exclude")
+DEFAULT_ABSENT = "zero"  # the original's averaging; `sceneparse test`, validation and the gates follow it
 
 
 def intersection_and_union(
@@ -112,14 +113,14 @@ def summarize(
     union: Sequence[int] | np.ndarray,
     target: Sequence[int] | np.ndarray,
     class_names: Sequence[str] | None = None,
-    absent: str = "exclude",
+    absent: str = DEFAULT_ABSENT,
 ) -> dict:
     """Dataset metrics from summed per-class areas (numpy arrays, lists or CPU tensors).
 
     Args:
         intersection, union, target: per-class pixel counts, length K (summed over images).
         class_names: optional K names for the per-class table (default "class_<i>").
-        absent: "exclude" or "zero", see the module docstring.
+        absent: "zero" (default) or "exclude", see the module docstring.
     Returns:
         {"mIoU", "mAcc", "aAcc": floats in [0, 1] (NaN when nothing is defined),
          "absent": the policy, "num_classes": K,
@@ -197,5 +198,5 @@ class AreaMeter:
         self.union += np.asarray(union, dtype=np.int64)
         self.target += np.asarray(target, dtype=np.int64)
 
-    def summary(self, class_names: Sequence[str] | None = None, absent: str = "exclude") -> dict:
+    def summary(self, class_names: Sequence[str] | None = None, absent: str = DEFAULT_ABSENT) -> dict:
         return summarize(self.intersection, self.union, self.target, class_names, absent)

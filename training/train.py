@@ -48,7 +48,9 @@ from training.checkpoints import (
     restore_rng_state,
     to_original_layout,
 )
+from training.metrics import ABSENT_POLICIES, DEFAULT_ABSENT
 from training.optim import build_optimizer, poly_learning_rate, set_learning_rate
+from training.original_log import get_logger, val_result_lines
 from training.syncbn import convert_sync_batchnorm, freeze_batchnorm, set_frozen_bn_eval
 
 __all__ = ["TrainingError", "evaluate", "main", "main_worker", "run_training", "train_one_epoch"]
@@ -169,15 +171,22 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, num_classes: int, ignore_label: int, device: torch.device
-) -> dict[str, float]:
+    model: nn.Module,
+    loader: DataLoader,
+    num_classes: int,
+    ignore_label: int,
+    device: torch.device,
+    absent: str = DEFAULT_ABSENT,
+) -> dict[str, Any]:
     """Whole-crop validation: argmax of the logits resized to the label, areas summed over processes.
 
     Args:
         model: the bare model (not DDP-wrapped, so uneven shards cannot stall a collective).
         loader: this process's shard of (images (N, 3, H, W), labels int64 (N, H, W)).
+        absent: "zero" (the original's averaging over all classes) or "exclude".
     Returns:
-        {"mIoU", "mAcc", "aAcc"} in [0, 1] over the whole validation set (absent classes excluded).
+        {"mIoU", "mAcc", "aAcc"} in [0, 1] over the whole validation set. The original's
+        `Val result` / `Class_i Result` lines (every class) are logged on the main process.
     """
     from training.metrics import intersection_and_union_torch, summarize
 
@@ -193,8 +202,12 @@ def evaluate(
         areas += torch.stack(intersection_and_union_torch(pred, target, num_classes, ignore_label))
     du.all_reduce_sum(areas)
     model.train(was_training)
-    summary = summarize(*areas.cpu().numpy())
-    return {"mIoU": summary["mIoU"], "mAcc": summary["mAcc"], "aAcc": summary["aAcc"]}
+    summary = summarize(*areas.cpu().numpy(), absent=absent)
+    if du.is_main_process():
+        logger = get_logger()
+        for line in val_result_lines(summary):
+            logger.info(line)
+    return {key: summary[key] for key in ("mIoU", "mAcc", "aAcc")}
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,8 +397,10 @@ def _write_curves(history: list[dict[str, Any]], save_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def main_worker(index: int | None, cfg: Any, nprocs: int = 1) -> dict[str, Any]:
+def main_worker(index: int | None, cfg: Any, nprocs: int = 1, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
     """Train in this process (index: spawned worker number, None when not spawned).
+
+    `absent` is validation's absent-class policy ("zero" as the original, or "exclude").
 
     Returns:
         {"history": per-epoch dicts, "checkpoint": path of final.pth, "metrics": last epoch's dict}
@@ -408,14 +423,14 @@ def main_worker(index: int | None, cfg: Any, nprocs: int = 1) -> dict[str, Any]:
         torch.backends.cudnn.deterministic,
     )
     try:
-        return _train(cfg, state)
+        return _train(cfg, state, absent)
     finally:
         torch.use_deterministic_algorithms(saved_flags[0], warn_only=saved_flags[1])
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved_flags[2:]
         du.cleanup()
 
 
-def _train(cfg: Any, state: du.DistributedState) -> dict[str, Any]:
+def _train(cfg: Any, state: du.DistributedState, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
     device = state.device
     seed_everything(cfg.manual_seed, state.rank)
     save_path = Path(cfg.save_path)
@@ -502,7 +517,7 @@ def _train(cfg: Any, state: du.DistributedState) -> dict[str, Any]:
         )
         metrics["epoch"] = epoch + 1
         if val_loader is not None:
-            metrics.update(evaluate(model_without_ddp, val_loader, cfg.classes, cfg.ignore_label, device))
+            metrics.update(evaluate(model_without_ddp, val_loader, cfg.classes, cfg.ignore_label, device, absent))
         metrics["seconds"] = time.perf_counter() - epoch_start
         history.append(metrics)
         if writer is not None:
@@ -553,31 +568,34 @@ def _train(cfg: Any, state: du.DistributedState) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def _spawned_worker(index: int, config_values: dict[str, Any], nprocs: int, results_path: str) -> None:
+def _spawned_worker(index: int, config_values: dict[str, Any], nprocs: int, results_path: str, absent: str) -> None:
     from training.config import config_from_mapping
 
     torch.set_num_threads(max(1, torch.get_num_threads() // nprocs))
-    result = main_worker(index, config_from_mapping(config_values), nprocs)
+    result = main_worker(index, config_from_mapping(config_values), nprocs, absent)
     if index == 0:
         torch.save(result, results_path)
 
 
-def run_training(cfg: Any, cpu_processes: int = 1) -> dict[str, Any]:
+def run_training(cfg: Any, cpu_processes: int = 1, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
     """Train from a loaded config in this process, in spawned workers, or as one torchrun worker.
 
     Args:
         cfg: a `training.config.Config` (validated with `check_config`).
         cpu_processes: on the CPU, how many gloo processes to spawn (1: train in this process).
+        absent: validation's absent-class policy, "zero" (the original's) or "exclude".
     Returns:
         The main process's `main_worker` result: {"history", "metrics", "checkpoint"}.
     """
     check_config(cfg)
+    if absent not in ABSENT_POLICIES:
+        raise ValueError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
     gpus = list(cfg.train_gpu or [])
     if gpus and not torch.cuda.is_available():
         print(f"note: train_gpu {gpus} but CUDA is not available: training on the CPU", file=sys.stderr)
         gpus = []
     if du.launched_by_torchrun():
-        return main_worker(None, cfg)
+        return main_worker(None, cfg, absent=absent)
     if int(cfg.get("world_size", 1) or 1) > 1:
         # The original's world_size counts nodes; spawned workers here only ever span this machine.
         raise ValueError(
@@ -586,13 +604,13 @@ def run_training(cfg: Any, cpu_processes: int = 1) -> dict[str, Any]:
             "see docs/training.md")
     nprocs = len(gpus) if gpus and cfg.multiprocessing_distributed else (1 if gpus else cpu_processes)
     if nprocs <= 1:
-        return main_worker(None, cfg)
+        return main_worker(None, cfg, absent=absent)
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="sceneparse-train-") as tmp:
         results_path = os.path.join(tmp, "result.pt")
         # The config travels as a plain dict: workers rebuild (and re-validate) their Config.
-        du.spawn_workers(_spawned_worker, nprocs, (cfg.to_dict(), nprocs, results_path))
+        du.spawn_workers(_spawned_worker, nprocs, (cfg.to_dict(), nprocs, results_path, absent))
         return torch.load(results_path, weights_only=True)
 
 
@@ -607,6 +625,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="on the CPU, spawn this many gloo processes (DDP + CPU SyncBN); GPUs come from train_gpu",
+    )
+    parser.add_argument(
+        "--absent",
+        choices=ABSENT_POLICIES,
+        default=DEFAULT_ABSENT,
+        help="validation (evaluate True): classes absent from prediction and label count as 0 in the means "
+        "like the original (zero, default) or are left out (exclude)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides: KEY VALUE ... (e.g. base_lr 0.005)")
     return parser.parse_args(argv)
@@ -627,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sceneparse train: --cpu-processes must be at least 1", file=sys.stderr)
         return 2
     try:
-        run_training(cfg, cpu_processes=args.cpu_processes)
+        run_training(cfg, cpu_processes=args.cpu_processes, absent=args.absent)
     except KeyboardInterrupt:
         print("sceneparse train: interrupted", file=sys.stderr)
         return 130

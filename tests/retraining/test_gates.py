@@ -46,6 +46,23 @@ def test_absent_classes_are_not_compared():
     assert check_gates(metrics(0.8, [0.8, 0.0]), deployed, GatePolicy()).passed
 
 
+def test_a_version_averaged_the_old_way_is_compared_like_with_like():
+    """Versions published before metrics recorded their absent-class policy were averaged with
+    "exclude"; a candidate averaged as the original ("zero") is compared after re-averaging the
+    deployed counts, so equal predictions pass instead of reading as a regression."""
+    from training.metrics import summarize
+
+    counts = ([3, 1, 0], [4, 2, 0], [3, 2, 0])  # class 2 absent from the val set
+    old = summarize(*counts, ["a", "b", "c"], absent="exclude")
+    deployed = {k: old[k] for k in ("mIoU", "mAcc", "aAcc", "per_class")}  # no "absent" recorded
+    candidate = summarize(*counts, ["a", "b", "c"])
+    candidate = {k: candidate[k] for k in ("mIoU", "mAcc", "aAcc", "absent", "per_class")}
+    assert candidate["mIoU"] < deployed["mIoU"] - 0.1  # the same predictions, averaged otherwise
+    assert check_gates(candidate, deployed, GatePolicy(max_regression=0.005)).passed
+    worse = summarize([2, 1, 0], [5, 2, 0], [3, 2, 0], ["a", "b", "c"])
+    assert not check_gates({**worse, "per_class": worse["per_class"]}, deployed, GatePolicy()).passed
+
+
 def test_policy_rejects_nonsense():
     with pytest.raises(ValueError, match="max-regression"):
         GatePolicy(max_regression=-1)

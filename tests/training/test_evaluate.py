@@ -99,8 +99,10 @@ def test_metrics_reports_agree_with_an_independent_count(setup, full_run, capsys
     assert [row["name"] for row in report["per_class"]] == names
     target = np.bincount(np.concatenate([lab.ravel() for lab in labels.values()]), minlength=6)
     assert [row["target"] for row in report["per_class"]] == target.tolist()
-    ious = [row["iou"] for row in report["per_class"] if row["iou"] is not None]
-    assert report["mIoU"] == pytest.approx(sum(ious) / len(ious))
+    # The original's average (the default): over all 6 classes, an absent one counting 0.
+    ious = [row["iou"] for row in report["per_class"]]
+    assert report["absent"] == "zero" and None not in ious
+    assert report["mIoU"] == pytest.approx(sum(ious) / 6)
     with (save_folder / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [r["name"] for r in rows] == names
@@ -111,8 +113,16 @@ def test_metrics_reports_agree_with_an_independent_count(setup, full_run, capsys
     capsys.readouterr()
     rc = main(["--config", str(CONFIG), *setup["overrides"], "save_folder", str(save_folder), "has_prediction", "True"])
     assert rc == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     rescored = json.loads((save_folder / "metrics.json").read_text())
+    # The original test script's lines, for scripts that parse its logs.
+    log = captured.err
+    assert (f"] Eval result: mIoU/mAcc/allAcc {report['mIoU']:.4f}/{report['mAcc']:.4f}/{report['aAcc']:.4f}.\n"
+            in log)
+    for row in report["per_class"]:
+        assert (f"] Class_{row['id']} result: iou/accuracy {row['iou']:.4f}/{row['accuracy']:.4f}, "
+                f"name: {row['name']}.\n") in log
     assert rescored["per_class"] == report["per_class"] and rescored["seconds_per_image"] is None
     assert f"mIoU {100 * report['mIoU']:.2f}" in printed and names[3] in printed
 

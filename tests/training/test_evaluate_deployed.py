@@ -47,10 +47,15 @@ def test_fp32_version_scores_exactly_like_its_eager_checkpoint(tiny_repository, 
     expected, eager_folder = eager
     code = main(["--repository", str(tiny_repository.root), "--model", "tiny_psp:1", "--threads", "1",
                  "--no-progress", *_data_overrides(synthetic_dataset, tmp_path)])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0, out
     assert "evaluated tiny_psp v1 (fp32, onnxruntime) on 8 images" in out and "mIoU" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    # The same default as `sceneparse test` (the original's average) and the original's log lines.
+    assert metrics["absent"] == "zero"
+    assert f"Eval result: mIoU/mAcc/allAcc {metrics['mIoU']:.4f}/{metrics['mAcc']:.4f}/" in captured.err
+    assert captured.err.count(" result: iou/accuracy ") == len(metrics["per_class"])
     assert metrics["mIoU"] == expected["mIoU"] and metrics["aAcc"] == expected["aAcc"]
     assert metrics["settings"]["model"] == "tiny_psp" and metrics["settings"]["precision"] == "fp32"
     deployed, reference = _gray(tmp_path), _gray(eager_folder)

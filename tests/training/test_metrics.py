@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from training.metrics import AreaMeter, intersection_and_union, intersection_and_union_torch, summarize
+from training.metrics import (
+    DEFAULT_ABSENT,
+    AreaMeter,
+    intersection_and_union,
+    intersection_and_union_torch,
+    summarize,
+)
 
 # A 3x4 example with 4 classes; class 3 appears in neither prediction nor target,
 # and 255 marks two ignored pixels (one of them predicted as class 2).
@@ -41,7 +47,7 @@ def test_areas_hand_computed_with_ignore_label():
 
 
 def test_summary_exclude_policy_leaves_absent_class_out():
-    result = summarize(EXPECTED_INTERSECTION, EXPECTED_UNION, EXPECTED_TARGET, ["a", "b", "c", "d"])
+    result = summarize(EXPECTED_INTERSECTION, EXPECTED_UNION, EXPECTED_TARGET, ["a", "b", "c", "d"], absent="exclude")
     ious = [2 / 5, 3 / 5, 2 / 3]
     accs = [2 / 3, 3 / 4, 2 / 3]
     assert result["mIoU"] == pytest.approx(sum(ious) / 3)
@@ -69,7 +75,7 @@ def test_predicted_but_absent_from_target_counts_zero_iou_and_no_accuracy():
     # Class 2 is predicted but never in the target: IoU 0 counts, accuracy is undefined.
     target = np.array([0, 0, 1, 1])
     pred = np.array([0, 2, 1, 1])
-    result = summarize(*intersection_and_union(pred, target, 3))
+    result = summarize(*intersection_and_union(pred, target, 3), absent="exclude")
     assert result["per_class"][2]["iou"] == 0.0
     assert math.isnan(result["per_class"][2]["accuracy"])
     assert result["mIoU"] == pytest.approx((1 / 2 + 1 + 0) / 3)
@@ -97,7 +103,7 @@ def test_bad_target_ids_and_shapes_are_named():
 
 
 def test_empty_target_gives_nan_means_under_exclude():
-    result = summarize([0, 0], [0, 0], [0, 0])
+    result = summarize([0, 0], [0, 0], [0, 0], absent="exclude")
     assert math.isnan(result["mIoU"]) and math.isnan(result["aAcc"])
     zero = summarize([0, 0], [0, 0], [0, 0], absent="zero")
     assert zero["mIoU"] == 0.0 and zero["aAcc"] == 0.0
@@ -126,3 +132,17 @@ def test_meter_sums_images_equal_one_big_image():
         meter.update(p, t)
     whole = summarize(*intersection_and_union(np.concatenate(preds), np.concatenate(targets), 4))
     assert meter.summary() == whole
+
+
+def test_the_default_is_the_originals_average_over_all_classes():
+    """`sceneparse test`, validation and AreaMeter.summary() average as the original by default:
+    every class counts, an absent one as 0 (the original divided by union + 1e-10)."""
+    assert DEFAULT_ABSENT == "zero"
+    result = summarize(EXPECTED_INTERSECTION, EXPECTED_UNION, EXPECTED_TARGET)
+    assert result["absent"] == "zero" and result["classes_in_miou"] == 4
+    assert result["mIoU"] == pytest.approx((2 / 5 + 3 / 5 + 2 / 3 + 0) / 4)
+    assert result["mAcc"] == pytest.approx((2 / 3 + 3 / 4 + 2 / 3 + 0) / 4)
+    meter = AreaMeter(4)
+    meter.update(PRED, TARGET)
+    assert meter.summary()["mIoU"] == pytest.approx(result["mIoU"])
+    assert meter.summary(absent="exclude")["mIoU"] == pytest.approx((2 / 5 + 3 / 5 + 2 / 3) / 3)
