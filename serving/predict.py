@@ -1,4 +1,4 @@
-"""`sceneparse predict`: segment image files, folders, list files and URIs offline with a published model.
+"""`sceneparse predict`: segment image and video files, folders, list files and URIs offline with a published model.
 
 Same decoding, pipeline and rendering as the gateway, so a file gives the same mask here as
 through POST /v1/segment. In one process by default; with `--ray [ADDRESS]` as a Ray Data job
@@ -13,11 +13,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from serving.backends.base import BackendUnavailable
 from serving.batch.image import ImageLimits
-from serving.batch.inputs import InputError, collect_tasks, is_uri
+from serving.batch.inputs import InputError, collect_tasks, is_uri, is_video
 from serving.batch.job import Executor, JobError, ModelSpec, PredictJob, run_job, run_local
 from serving.batch.outputs import OUTPUT_KINDS, OutputPlan
 from serving.class_filter import parse_classes
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write <name>.npz: float16 (classes, H, W) probabilities, compressed "
                              "(2 bytes per pixel and class before compression)")
     parser.add_argument("--alpha", type=float, default=0.5, help="mask opacity for --output overlay (default: 0.5)")
+    parser.add_argument("--every", type=int, default=1, metavar="N",
+                        help="videos: segment every Nth frame; the frames between repeat the last mask (default: 1)")
     parser.add_argument("--scales", help="comma-separated test scales (default: the model's)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
                         help="add mirrored crops (default: the model's)")
@@ -107,6 +110,8 @@ def build_job(args: argparse.Namespace) -> tuple[PredictJob, list]:
         raise ValueError(f"--max-side must be at least 32, got {args.max_side}")
     if args.max_pixels < 1:
         raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
+    if args.every < 1:
+        raise ValueError(f"--every must be at least 1, got {args.every}")
     repository = ModelRepository(args.repository)
     repository.check_root()
     meta = repository.read_metadata(args.model, args.model_version)
@@ -128,8 +133,13 @@ def build_job(args: argparse.Namespace) -> tuple[PredictJob, list]:
     model = ModelSpec(str(repository.root), meta.name, meta.version, args.backend, triton_url=args.triton_url)
     chosen = parse_classes(args.classes, meta.classes)  # ClassFilterError is a ValueError: a usage error
     plan = OutputPlan.for_kinds([args.output], args.alpha, chosen, args.probabilities)
-    job = PredictJob(model, out_dir, plan, options,
-                     ImageLimits(max_pixels=args.max_pixels), overwrite=args.overwrite)
+    if any(is_video(task.source) for task in tasks):
+        from serving.batch.video import VideoOutput, check_video_outputs
+
+        check_video_outputs([args.output], args.probabilities)
+        plan = replace(plan, video=VideoOutput(args.output, args.alpha, chosen, args.every))
+    job = PredictJob(model, out_dir, plan, options, ImageLimits(max_pixels=args.max_pixels),
+                     overwrite=args.overwrite, progress=not args.no_progress)
     return job, tasks
 
 

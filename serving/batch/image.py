@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from serving.batch.inputs import MAX_INPUT_BYTES, ImageTask
+from serving.batch.inputs import MAX_INPUT_BYTES, ImageTask, is_video
 from serving.batch.outputs import OutputPlan, write_outputs
 from serving.imaging import ImageError, decode_image
 from serving.pipeline import PipelineSpec, Runner
@@ -106,7 +106,7 @@ class ImagePredictor:
     """
 
     def __init__(self, runner: Runner, meta: ModelMetadata, options: SegmentOptions, plan: OutputPlan,
-                 out_dir: str | os.PathLike[str], limits: ImageLimits = ImageLimits()):
+                 out_dir: str | os.PathLike[str], limits: ImageLimits = ImageLimits(), progress: bool = False):
         self.runner = runner
         self.meta = meta
         self.spec = PipelineSpec.from_metadata(meta)
@@ -114,6 +114,7 @@ class ImagePredictor:
         self.plan = plan
         self.out_dir = Path(out_dir)
         self.limits = limits
+        self.progress = progress  # a bar over each video's frames
         self.worker = worker_id()
 
     def __call__(self, task: ImageTask) -> ImageResult:
@@ -123,6 +124,8 @@ class ImagePredictor:
             return ImageResult(task.name, task.display, status, error, time.perf_counter() - start, self.worker,
                                records or {})
 
+        if is_video(task.source):
+            return self._video(task, result)
         try:
             image = decode_image(read_source(task, self.limits.max_bytes), self.limits.max_pixels)
         except OSError as exc:
@@ -137,3 +140,22 @@ class ImagePredictor:
         except OSError as exc:
             return result(FAILED, f"cannot write its output under {self.out_dir}: {exc}")
         return result(WRITTEN, records=records)
+
+    def _video(self, task: ImageTask, result) -> ImageResult:
+        from serving.batch.video import VideoError, predict_video
+
+        if self.plan.video is None:  # the CLI sets it whenever an input is a video
+            return result(FAILED, "a video, but this job has no video output")
+        destination = self.plan.paths(self.out_dir, task.name, video=True)[0]
+        try:
+            source = task.source if task.filesystem_uri is None else read_source(task, self.limits.max_bytes)
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            counts = predict_video(
+                source, self.plan.video, destination,
+                lambda frame: segment(frame, self.runner, self.meta, self.options, spec=self.spec),
+                self.meta.palette, self.limits.max_pixels, self.progress, task.name)
+        except VideoError as exc:
+            return result(FAILED, str(exc))
+        except OSError as exc:
+            return result(FAILED, f"cannot read it or write {destination}: {exc}")
+        return result(WRITTEN, records={"video": counts})

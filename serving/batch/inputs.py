@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# Videos (serving/batch/video.py) are found in folders too, and are taken as videos by these suffixes.
+VIDEO_SUFFIXES = {".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi", ".mpg", ".mpeg"}
+INPUT_SUFFIXES = IMAGE_SUFFIXES | VIDEO_SUFFIXES
 # Compressed images of 40 MP are far smaller; this only stops a stray huge file from filling memory.
 MAX_INPUT_BYTES = 512 * 1024 * 1024
 
@@ -48,6 +51,11 @@ class ImageTask:
         return f"{scheme}://{self.source.lstrip('/')}" if scheme != "file" else f"file://{self.source}"
 
 
+def is_video(source: str) -> bool:
+    """Whether an input is taken as a video (serving/batch/video.py): by its suffix; decoding then decides."""
+    return PurePosixPath(source).suffix.lower() in VIDEO_SUFFIXES
+
+
 def is_uri(text: str) -> bool:
     """Whether `text` names a filesystem by scheme (`s3://...`) rather than a local path."""
     scheme, sep, _ = text.partition("://")
@@ -73,7 +81,7 @@ def _local(item: str, exclude: Path | None) -> list[ImageTask]:
     if path.is_dir():
         tasks = []
         for child in sorted(path.rglob("*")):
-            if child.is_file() and child.suffix.lower() in IMAGE_SUFFIXES and not _within(child, exclude):
+            if child.is_file() and child.suffix.lower() in INPUT_SUFFIXES and not _within(child, exclude):
                 tasks.append(ImageTask(str(child), _stem(child.relative_to(path))))
         return tasks
     if path.exists():
@@ -103,7 +111,7 @@ def _remote(uri: str) -> list[ImageTask]:
         if info.type == fs.FileType.Directory:
             found = filesystem.get_file_info(fs.FileSelector(root, recursive=True))
             files = sorted(f.path for f in found if f.type == fs.FileType.File
-                           and PurePosixPath(f.path).suffix.lower() in IMAGE_SUFFIXES)
+                           and PurePosixPath(f.path).suffix.lower() in INPUT_SUFFIXES)
             base = PurePosixPath(root)
             return [ImageTask(path, _stem(PurePosixPath(path).relative_to(base)), uri) for path in files]
     except OSError as exc:

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from serving.backends.base import Backend, ModelRunner
 from serving.batch.image import FAILED, SKIPPED, WRITTEN, ImageLimits, ImagePredictor, ImageResult
-from serving.batch.inputs import ImageTask
+from serving.batch.inputs import ImageTask, is_video
 from serving.batch.outputs import OutputPlan, atomic_write_bytes, remove_partials
 from serving.repository import ModelMetadata, ModelRepository
 from serving.segmentation import SegmentOptions
@@ -91,6 +91,7 @@ class PredictJob:
     options: SegmentOptions
     limits: ImageLimits = ImageLimits()
     overwrite: bool = False
+    progress: bool = False  # a bar over each video's frames (the driver's own bar counts inputs)
 
     def manifest(self) -> dict[str, Any]:
         """What the out folder's files were made with; a rerun resumes only when this is equal."""
@@ -105,7 +106,7 @@ class PredictJob:
         """An `ImagePredictor` on a freshly opened runner, closed on exit."""
         meta, runner, backend = self.model.open()
         try:
-            yield ImagePredictor(runner, meta, self.options, self.plan, self.out_dir, self.limits)
+            yield ImagePredictor(runner, meta, self.options, self.plan, self.out_dir, self.limits, self.progress)
         finally:
             runner.close()
             backend.close()
@@ -260,7 +261,7 @@ def run_job(job: PredictJob, tasks: list[ImageTask], executor: Executor = run_lo
     with out_folder(job) as trusted:
         pending = []
         for task in tasks:
-            if trusted and job.plan.is_complete(job.out_dir, task.name):
+            if trusted and job.plan.is_complete(job.out_dir, task.name, video=is_video(task.source)):
                 skipped = ImageResult(task.name, task.display, SKIPPED)
                 report.add(skipped)
                 for output in job_outputs:

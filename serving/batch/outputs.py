@@ -29,7 +29,7 @@ import json
 import os
 import secrets
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
@@ -72,6 +72,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """For writers that need a path (a video muxer): a temporary path beside `path` to write into,
+    fsynced and renamed to `path` when the block ends normally, removed when it raises."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
 
 
 def remove_partials(out_dir: Path) -> int:
@@ -308,9 +327,14 @@ class CocoResults:
 
 @dataclass(frozen=True)
 class OutputPlan:
-    """The per-image outputs of a job; `job_outputs()` makes its per-job collectors."""
+    """The per-image outputs of a job; `job_outputs()` makes its per-job collectors.
+
+    `video`: what a video input becomes (serving/batch/video.py `VideoOutput`; None when the job
+    has no video); a video has that one file instead of the image outputs.
+    """
 
     images: tuple[ImageOutput, ...]
+    video: Any = None
 
     @classmethod
     def for_kinds(cls, kinds: Sequence[str], alpha: float = 0.5, chosen: Sequence[int] | None = None,
@@ -337,12 +361,17 @@ class OutputPlan:
         """What the pipeline must give besides the label ("confidence", "probabilities")."""
         return frozenset().union(*(output.needs for output in self.images))
 
-    def paths(self, out_dir: Path, name: str) -> list[Path]:
-        return [out_dir / f"{name}{output.suffix}" for output in self.images]
+    def outputs(self, video: bool = False) -> tuple[Any, ...]:
+        """The outputs of one input: the image outputs, or for a video the video output."""
+        return (self.video,) if video else self.images
 
-    def is_complete(self, out_dir: Path, name: str) -> bool:
-        """Whether every output of image `name` exists and is whole."""
-        return all(output.is_complete(path) for output, path in zip(self.images, self.paths(out_dir, name), strict=True))
+    def paths(self, out_dir: Path, name: str, video: bool = False) -> list[Path]:
+        return [out_dir / f"{name}{output.suffix}" for output in self.outputs(video)]
+
+    def is_complete(self, out_dir: Path, name: str, video: bool = False) -> bool:
+        """Whether every output of input `name` exists and is whole."""
+        outputs = self.outputs(video)
+        return all(output.is_complete(path) for output, path in zip(outputs, self.paths(out_dir, name, video), strict=True))
 
     def job_outputs(self, meta: ModelMetadata | None = None, names: Sequence[str] = ()) -> list[JobOutput]:
         """The per-job files: failures.json always; results.json and categories.json for "coco"
@@ -355,7 +384,7 @@ class OutputPlan:
         return outputs
 
     def describe(self) -> list[dict[str, Any]]:
-        return [output.describe() for output in self.images]
+        return [output.describe() for output in (*self.images, *((self.video,) if self.video else ()))]
 
 
 def write_outputs(plan: OutputPlan, out_dir: Path, name: str, prediction: Prediction,

@@ -185,7 +185,7 @@ class RayExecutor:
         # Each actor's session gets as many threads as the CPUs Ray gave it; CPU actors never
         # touch a GPU even where onnxruntime-gpu is installed.
         model = replace(job.model, device="cuda" if gpu else "cpu", threads=max(1, math.floor(options.cpus_per_worker)))
-        job = replace(job, model=model)
+        job = replace(job, model=model, progress=False)  # an actor's frame bars would only clutter the driver's
         rows = [{"source": t.source, "name": t.name, "filesystem_uri": t.filesystem_uri or ""} for t in tasks]
         blocks = min(len(rows), max(math.ceil(len(rows) / MAX_IMAGES_PER_BLOCK), self.workers * BLOCKS_PER_WORKER))
         resources: dict[str, Any] = {"num_cpus": options.cpus_per_worker}
