@@ -65,7 +65,7 @@ def build_repository(config_name: str, workdir: Path, max_batch_size: int) -> tu
     """Export the config's model (random weights, seed 0) into `workdir/repository`; returns (root, name)."""
     import torch
 
-    from export.exporter import export_checkpoint
+    from export import ExportOptions, export_checkpoint
     from training.config import find_config, load_config
     from training.data.synthetic import class_styles
     from training.models import build_model
@@ -84,8 +84,8 @@ def build_repository(config_name: str, workdir: Path, max_batch_size: int) -> tu
     torch.save({"state_dict": model.state_dict()}, checkpoint)
     config_file = workdir / "config.yaml"
     config_file.write_text(cfg.to_yaml())
-    result = export_checkpoint(str(config_file), checkpoint, workdir / "repository", name="bench",
-                               max_batch_size=max_batch_size, simplify=False)
+    result = export_checkpoint(str(config_file), checkpoint, workdir / "repository",
+                               ExportOptions(max_batch_size=max_batch_size, simplify=False), name="bench")
     return workdir / "repository", result.metadata.name  # "bench"
 
 

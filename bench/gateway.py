@@ -203,7 +203,7 @@ def export_int8(checkpoint: Path, repository: Path, work: Path, max_batch_size: 
     """Export the checkpoint as int8 into `repository` (`NAME_int8`), calibrated on rendered scenes."""
     from PIL import Image
 
-    from export.exporter import export_checkpoint
+    from export import ExportOptions, export_checkpoint
     from export.quantize import QuantizationOptions
     from training.config import find_config, load_config
 
@@ -220,8 +220,9 @@ def export_int8(checkpoint: Path, repository: Path, work: Path, max_batch_size: 
                                   val_list=str(scenes / "held_out.txt"), holdout_images=2,
                                   min_agreement=0.0, max_miou_drop=1.0)  # random weights: report, do not gate
     cfg = load_config(find_config(CONFIG), ["pretrained_backbone", "None"])
-    return export_checkpoint(cfg, checkpoint, repository, name=f"{NAME}_int8", max_batch_size=max_batch_size,
-                             simplify=False, int8=options)
+    return export_checkpoint(cfg, checkpoint, repository,
+                             ExportOptions(max_batch_size=max_batch_size, simplify=False, int8=options),
+                             name=f"{NAME}_int8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from PIL import Image
 
-    from export.exporter import export_checkpoint
+    from export import ExportOptions, export_checkpoint
     from serving.pipeline import window_origins
     from training.config import find_config, load_config
 
@@ -258,8 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = tmp / "pspnet50_random.pth"
         build_checkpoint(checkpoint)
         tick = time.perf_counter()
-        result = export_checkpoint(find_config(CONFIG), checkpoint, tmp / "repository", name=NAME,
-                                   max_batch_size=args.max_batch_size, simplify=False)
+        result = export_checkpoint(find_config(CONFIG), checkpoint, tmp / "repository",
+                                   ExportOptions(max_batch_size=args.max_batch_size, simplify=False),
+                                   name=NAME)
         print(f"exported {NAME} v{result.version} in {time.perf_counter() - tick:.0f} s "
               f"(max |delta logits| vs eager {result.parity.get('worst', {}).get('max_abs_delta', 'n/a')})", file=sys.stderr)
         int8_result = None

@@ -82,7 +82,7 @@ def time_pipeline(repository, names: list[str], images: list[np.ndarray], thread
 def bench_model(name: str, workdir: Path, data: Path, variants: list[tuple[str, ...]], threads: int,
                 latency_images: int, tmp: Path) -> list[dict]:
     from export.calibration import read_list_images, read_rgb
-    from export.exporter import export_checkpoint
+    from export import ExportOptions, export_checkpoint
     from export.quantize import MAX_MIOU_DROP, MIN_AGREEMENT, QuantizationOptions
     from serving.repository import ModelRepository
 
@@ -90,15 +90,17 @@ def bench_model(name: str, workdir: Path, data: Path, variants: list[tuple[str, 
     checkpoint = newest_checkpoint(workdir / name / "model")
     repository = ModelRepository(tmp / name)
     tick = time.perf_counter()
-    export_checkpoint(cfg, checkpoint, repository, name=f"{name}_fp32", max_batch_size=4, simplify=False)
+    export_checkpoint(cfg, checkpoint, repository,
+                      ExportOptions(max_batch_size=4, simplify=False), name=f"{name}_fp32")
     print(f"  {name}: fp32 export {time.perf_counter() - tick:.0f} s", file=sys.stderr)
     results = {}
     for keep in variants:
         label = ",".join(keep) or "none"
         options = QuantizationOptions(keep_fp32=keep, min_agreement=0.0, max_miou_drop=1.0)
         tick = time.perf_counter()
-        result = export_checkpoint(cfg, checkpoint, repository, name=f"{name}_int8_{label.replace(',', '_')}",
-                                   max_batch_size=4, int8=options)
+        result = export_checkpoint(cfg, checkpoint, repository,
+                                   ExportOptions(max_batch_size=4, int8=options),
+                                   name=f"{name}_int8_{label.replace(',', '_')}")
         results[label] = result
         gate = result.parity["int8"]
         print(f"  {name}: int8 keep_fp32={label}: {time.perf_counter() - tick:.0f} s, agreement "

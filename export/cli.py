@@ -111,7 +111,8 @@ def _quantization(args):
 def _export_one(args) -> int:
     from tqdm import tqdm
 
-    from export.exporter import DEFAULT_LOGITS, export_checkpoint
+    from export.exporter import export_checkpoint
+    from export.options import DEFAULT_LOGITS, ExportOptions
 
     stages = ["load", *(f"export {f}" for f in args.format), "verify"]
     int8 = _quantization(args)
@@ -129,12 +130,13 @@ def _export_one(args) -> int:
         bar.set_description(stage)
 
     try:
-        result = export_checkpoint(
-            args.config, args.checkpoint, args.repository or DEFAULT_REPOSITORY, name=args.name, formats=args.format,
-            version=args.version, fp16=args.fp16 or args.precision == "fp16", max_batch_size=args.max_batch_size,
+        options = ExportOptions(
+            formats=tuple(args.format), fp16=args.fp16 or args.precision == "fp16", max_batch_size=args.max_batch_size,
             opset=args.opset, logits=args.logits or DEFAULT_LOGITS, simplify=args.simplify,
-            num_versions=args.num_versions, instance_kind=args.instance_kind, progress=progress, int8=int8,
+            num_versions=args.num_versions, instance_kind=args.instance_kind, int8=int8,
         )
+        result = export_checkpoint(args.config, args.checkpoint, args.repository or DEFAULT_REPOSITORY, options,
+                                   name=args.name, version=args.version, progress=progress)
         bar.update(bar.total - bar.n)
     finally:
         bar.close()

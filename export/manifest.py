@@ -15,10 +15,11 @@ A manifest is YAML::
         fp16: true
 
 Relative paths (repository, config, checkpoint) are relative to the manifest's directory. Entry
-keys are export_checkpoint's keyword arguments: config, checkpoint, name, formats (a list or
-"onnx,torchscript"), version, fp16, max_batch_size, opset, logits, simplify, num_versions,
-instance_kind. A malformed manifest is rejected before anything is exported, naming the file,
-line and key; a failing entry is reported and the run goes on with the next one.
+keys are export_checkpoint's arguments: config, checkpoint, name, version, and the fields of
+ExportOptions: formats (a list or "onnx,torchscript"), fp16, max_batch_size, opset, logits,
+simplify, num_versions, instance_kind. A malformed manifest is rejected before anything is
+exported, naming the file, line and key; a failing entry is reported and the run goes on with
+the next one.
 """
 
 from __future__ import annotations
@@ -33,17 +34,21 @@ from typing import Any
 import yaml
 
 from export.errors import ExportError
+from export.options import ExportOptions
 
 ENTRY_KEYS = {
     "config": str, "checkpoint": str, "name": str, "formats": (list, str), "version": (int, str), "fp16": bool,
     "max_batch_size": int, "opset": int, "logits": str, "simplify": bool, "num_versions": int, "instance_kind": str,
 }
 TOP_KEYS = ("repository", "defaults", "exports")
+# Entry keys that name this one export; the rest are ExportOptions fields.
+REQUEST_KEYS = ("name", "version")
 
 
 @dataclass
 class ManifestEntry:
-    """One export of a manifest: its 1-based index, line in the file and export_checkpoint kwargs."""
+    """One export of a manifest: its 1-based index, line in the file and its keys (config, checkpoint,
+    name, version and ExportOptions fields)."""
 
     index: int
     line: int
@@ -176,10 +181,12 @@ def run_manifest(
     for entry in bar:
         bar.set_description(f"export {entry.label}")
         started = time.perf_counter()
-        options = dict(entry.options)
+        values = dict(entry.options)
+        config, checkpoint = values.pop("config"), values.pop("checkpoint")
+        request = {key: values.pop(key) for key in REQUEST_KEYS if key in values}
         try:
-            result = export(options.pop("config"), options.pop("checkpoint"), target,
-                            progress=lambda stage: bar.set_postfix_str(stage), **options)
+            result = export(config, checkpoint, target, ExportOptions(**values),
+                            progress=lambda stage: bar.set_postfix_str(stage), **request)
         except ExportError as exc:
             outcomes.append(EntryOutcome(entry, False, name=entry.label, error=_one_line(exc),
                                          seconds=time.perf_counter() - started))

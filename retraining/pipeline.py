@@ -136,7 +136,7 @@ def _training_config(request: PipelineRequest, run: _Run, deployed: ModelMetadat
             raise PipelineError(
                 f"--from-deployed: the checkpoint behind {request.name} v{deployed.version} "
                 f"({deployed.checkpoint_path or 'not recorded'}) is not on this machine")
-        from export.exporter import file_sha256
+        from export.loading import file_sha256
 
         if deployed.checkpoint_sha256 and file_sha256(source) != deployed.checkpoint_sha256:
             raise PipelineError(f"--from-deployed: {source} changed since v{deployed.version} was exported (sha256 differs)")
@@ -232,13 +232,13 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
 
         step = "export"
         started = run.start("export")
-        from export.exporter import export_checkpoint
+        from export import ExportOptions, export_checkpoint
         from export.quantize import Int8GateError
 
         try:
-            staged = export_checkpoint(cfg, checkpoint, run.dir / "staged_repository", name=request.name,
-                                       formats=request.formats, max_batch_size=_max_batch_size(request, deployed),
-                                       num_versions=request.keep_last, int8=request.int8)
+            options = ExportOptions(formats=request.formats, max_batch_size=_max_batch_size(request, deployed),
+                                    num_versions=request.keep_last, int8=request.int8)
+            staged = export_checkpoint(cfg, checkpoint, run.dir / "staged_repository", options, name=request.name)
         except Int8GateError as exc:
             report["int8"] = json.loads(json.dumps(exc.figures, default=str))
             report["gates"] = GateResult(False, [int8_check(exc.figures)]).to_dict()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-import export.exporter
+import export.building
 from export.cli import main
 from export.onnx_file import write_onnx
 from training.config import KEYS
@@ -133,7 +133,7 @@ def test_failed_verification_publishes_nothing(config_file, psp_source, tmp_path
             module.cls[4].bias.add_(1e-3)
         write_onnx(module, example, path, **kwargs)
 
-    monkeypatch.setattr(export.exporter, "write_onnx", drifting_write_onnx)
+    monkeypatch.setattr(export.building, "write_onnx", drifting_write_onnx)
     code, _, err = run_cli(export_args(config_file, psp_source.checkpoint, tmp_path / "repo"), capsys)
     assert_one_line_error(code, err, "verification failed", "onnxruntime", "nothing was published")
     assert not (tmp_path / "repo").exists()
@@ -162,12 +162,13 @@ def test_a_stride8_export_whose_pipeline_zoom_disagrees_publishes_nothing(psp_so
     # reproduce PyTorch's (here: half-pixel centres instead of aligned corners) must stop the export.
     import serving.pipeline
     from export.errors import VerificationError
-    from export.exporter import export_checkpoint
+    from export import ExportOptions, export_checkpoint
 
     real = serving.pipeline.resize_bilinear
     monkeypatch.setattr(serving.pipeline, "resize_bilinear",
                         lambda array, size, align_corners=False: real(array, size, align_corners=False))
     with pytest.raises(VerificationError, match="stride-8 logits.*nothing was published"):
-        export_checkpoint(psp_source.config, psp_source.checkpoint, tmp_path / "repo", name="feature_psp",
-                          logits="feature", max_batch_size=2, simplify=False)
+        export_checkpoint(psp_source.config, psp_source.checkpoint, tmp_path / "repo",
+                          ExportOptions(logits="feature", max_batch_size=2, simplify=False),
+                          name="feature_psp")
     assert not (tmp_path / "repo" / "feature_psp").exists()

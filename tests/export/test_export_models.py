@@ -12,7 +12,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export import export_checkpoint
+from export import ExportOptions, export_checkpoint
 from serving.repository import ModelRepository
 
 # Triton's libtorch backend needs TorchScript, which torch 2.14 marks deprecated.
@@ -31,8 +31,9 @@ MODELS = {
 def test_export_both_formats_verifies_and_publishes(variant, make_source, tmp_path):
     source = make_source(**MODELS[variant])
     repository = tmp_path / "repo"
-    result = export_checkpoint(source.config, source.checkpoint, repository, name=variant,
-                               formats=("onnx", "torchscript"), max_batch_size=2, simplify=False)
+    result = export_checkpoint(source.config, source.checkpoint, repository,
+                               ExportOptions(formats=("onnx", "torchscript"), max_batch_size=2, simplify=False),
+                               name=variant)
 
     assert (result.name, result.version) == (variant, 1)
     assert result.path == repository.resolve() / variant / "1"
@@ -84,8 +85,8 @@ def test_export_both_formats_verifies_and_publishes(variant, make_source, tmp_pa
 
 def test_torchscript_first_names_libtorch_tensors(make_source, tmp_path):
     source = make_source("psp")
-    result = export_checkpoint(source.config, source.checkpoint, tmp_path, name="ts", formats=("torchscript",),
-                               max_batch_size=1)
+    result = export_checkpoint(source.config, source.checkpoint, tmp_path,
+                               ExportOptions(formats=("torchscript",), max_batch_size=1), name="ts")
     assert result.metadata.platform == "pytorch_libtorch"
     assert (result.metadata.input_name, result.metadata.output_name) == ("INPUT__0", "OUTPUT__0")
     assert result.metadata.files == {"torchscript": "model.pt"}
@@ -98,8 +99,9 @@ def test_fp16_export(make_source, tmp_path):
     # The unfitted network: the fitted one's random trunk (BN calibrated on six scenes) is too
     # fragile in half precision for the 99.9% gate, which then rightly refuses to publish it.
     source = make_source("psp", fit=False)
-    result = export_checkpoint(source.config, source.checkpoint, tmp_path, name="half",
-                               formats=("onnx", "torchscript"), fp16=True, max_batch_size=2, simplify=False)
+    result = export_checkpoint(source.config, source.checkpoint, tmp_path,
+                               ExportOptions(formats=("onnx", "torchscript"), fp16=True, max_batch_size=2, simplify=False),
+                               name="half")
     parity = result.parity
     assert parity["precision"] == "fp16" and parity["passed"]
     assert parity["worst"]["argmax_agreement"] >= 0.999
@@ -121,9 +123,10 @@ def test_original_and_plain_checkpoints_export_the_same_model(psp_source, tmp_pa
     assert any(key.startswith("module.aux.") for key in stored["state_dict"])
     plain = tmp_path / "plain.pth"
     torch.save({k[len("module."):]: v for k, v in stored["state_dict"].items()}, plain)
-    first = export_checkpoint(psp_source.config, psp_source.checkpoint, tmp_path / "repo", name="m",
-                              max_batch_size=1, simplify=False)
-    second = export_checkpoint(psp_source.config, plain, tmp_path / "repo", name="m", max_batch_size=1, simplify=False)
+    first = export_checkpoint(psp_source.config, psp_source.checkpoint, tmp_path / "repo",
+                              ExportOptions(max_batch_size=1, simplify=False), name="m")
+    second = export_checkpoint(psp_source.config, plain, tmp_path / "repo",
+                               ExportOptions(max_batch_size=1, simplify=False), name="m")
     assert (first.version, second.version) == (1, 2)
     assert first.metadata.checkpoint_sha256 != second.metadata.checkpoint_sha256
     x = np.random.default_rng(0).standard_normal((1, 3, 33, 33)).astype(np.float32)
@@ -136,6 +139,6 @@ def test_training_only_backbone_file_is_not_needed(psp_source, tmp_path):
     # The original configs name ImageNet weights (initmodel/resnet50_v2.pth) for training; the
     # checkpoint replaces every weight, so export must not try to read that file.
     config = {**psp_source.config, "pretrained_backbone": str(tmp_path / "initmodel" / "resnet18_v2.pth")}
-    result = export_checkpoint(config, psp_source.checkpoint, tmp_path / "repo", name="m", max_batch_size=1,
-                               simplify=False)
+    result = export_checkpoint(config, psp_source.checkpoint, tmp_path / "repo",
+                               ExportOptions(max_batch_size=1, simplify=False), name="m")
     assert result.version == 1 and result.metadata.config["pretrained_backbone"] == config["pretrained_backbone"]

@@ -8,7 +8,7 @@ import torch
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from export import export_checkpoint
+from export import ExportOptions, export_checkpoint
 from serving.pipeline import InferenceOptions, PipelineSpec, predict_label, predict_probabilities
 from serving.repository import ModelRepository
 from training.data.synthetic import class_styles, render_scene
@@ -65,8 +65,9 @@ def test_tiny_repository_holds_two_meaningful_models(tiny_repository):
 
 def test_stride8_logits_give_the_gateway_the_same_masks(tiny_repository, tmp_path):
     source = tiny_repository.configs["tiny_psp"], tiny_repository.checkpoints["tiny_psp"]
-    result = export_checkpoint(*source, tmp_path, name="tiny_psp_feature", logits="feature", max_batch_size=4,
-                               simplify=False)
+    result = export_checkpoint(*source, tmp_path,
+                               ExportOptions(logits="feature", max_batch_size=4, simplify=False),
+                               name="tiny_psp_feature")
     assert result.metadata.output_hw == [9, 9]
     assert result.parity["pipeline_upsample"]["max_abs_delta"] <= 1e-4
     config = text_format.Parse((tmp_path / "tiny_psp_feature" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())

@@ -11,7 +11,7 @@ from google.protobuf import text_format
 from PIL import Image
 from tritonclient.grpc import model_config_pb2
 
-from export import ExportError, export_checkpoint
+from export import ExportError, ExportOptions, export_checkpoint
 from export.calibration import pipeline_windows, read_list_images
 from export.cli import main
 from export.onnx_file import OrtRunner
@@ -113,8 +113,8 @@ def test_a_bad_calibration_fails_the_gate_and_publishes_nothing(tiny_int8, tmp_p
     config = {**tiny_int8.config, "train_list": str(flat)}
     repository = tmp_path / "repo"
     with pytest.raises(Int8GateError) as failure:
-        export_checkpoint(config, tiny_int8.checkpoint, repository, name="bad_int8", max_batch_size=4,
-                          int8=int8_options())
+        export_checkpoint(config, tiny_int8.checkpoint, repository,
+                          ExportOptions(max_batch_size=4, int8=int8_options()), name="bad_int8")
     figures = failure.value.figures
     assert figures["passed"] is False
     assert figures["argmax_agreement"] < TINY_INT8_GATE["min_agreement"]
@@ -128,7 +128,8 @@ def test_a_bad_calibration_fails_the_gate_and_publishes_nothing(tiny_int8, tmp_p
 def test_int8_lives_under_its_own_model_name(tiny_repository, tiny_int8, tmp_path):
     repository = tiny_repository.copy_to(tmp_path / "repo")
     with pytest.raises(ExportError, match="precision is part of a model's tensor contract.*--name tiny_psp_int8"):
-        export_checkpoint(tiny_int8.config, tiny_int8.checkpoint, repository, name="tiny_psp", int8=int8_options())
+        export_checkpoint(tiny_int8.config, tiny_int8.checkpoint, repository,
+                          ExportOptions(int8=int8_options()), name="tiny_psp")
     # ... and the other way round: fp32 into the int8 model.
     with pytest.raises(ExportError, match="serves int8 versions"):
         export_checkpoint(tiny_int8.config, tiny_int8.checkpoint, tiny_int8.root, name=tiny_int8.name)
@@ -141,17 +142,19 @@ def test_int8_lives_under_its_own_model_name(tiny_repository, tiny_int8, tmp_pat
 ])
 def test_bad_int8_options_are_refused_before_any_work(tiny_int8, tmp_path, options, message):
     with pytest.raises(ExportError) as failure:
-        export_checkpoint(tiny_int8.config, tmp_path / "never_read.pth", tmp_path / "repo", int8=options)
+        export_checkpoint(tiny_int8.config, tmp_path / "never_read.pth", tmp_path / "repo",
+                          ExportOptions(int8=options))
     assert message in str(failure.value)
 
 
 def test_int8_without_calibration_images_is_a_clear_error(tiny_int8, tmp_path):
     config = {k: v for k, v in tiny_int8.config.items() if k != "train_list"}
     with pytest.raises(ExportError, match="int8 export needs calibration images: give --calibration LIST"):
-        export_checkpoint(config, tiny_int8.checkpoint, tmp_path / "repo", int8=int8_options())
+        export_checkpoint(config, tiny_int8.checkpoint, tmp_path / "repo", ExportOptions(int8=int8_options()))
     missing = {**tiny_int8.config, "train_list": str(tmp_path / "nope.txt")}
     with pytest.raises(ExportError, match="calibration list: .*nope.txt: list file does not exist"):
-        export_checkpoint(missing, tiny_int8.checkpoint, tmp_path / "repo", int8=int8_options())
+        export_checkpoint(missing, tiny_int8.checkpoint, tmp_path / "repo",
+                          ExportOptions(int8=int8_options()))
     assert not (tmp_path / "repo").exists()
 
 

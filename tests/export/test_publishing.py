@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-import export.exporter
-from export import ExportError, export_checkpoint
+import export.publishing
+from export import ExportError, ExportOptions, export_checkpoint
 from serving.repository import ModelRepository
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-QUICK = dict(max_batch_size=1, simplify=False)
+QUICK = ExportOptions(max_batch_size=1, simplify=False)
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -32,62 +32,68 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def test_versions_count_up_and_are_never_overwritten(psp_source, tmp_path):
     repo = tmp_path / "repo"
-    first = export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", **QUICK)
-    explicit = export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", version=5, **QUICK)
-    after = export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", version="auto", **QUICK)
+    first = export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", options=QUICK)
+    explicit = export_checkpoint(psp_source.config, psp_source.checkpoint, repo,
+                                 name="m", version=5, options=QUICK)
+    after = export_checkpoint(psp_source.config, psp_source.checkpoint, repo,
+                              name="m", version="auto", options=QUICK)
     assert (first.version, explicit.version, after.version) == (1, 5, 6)
     assert ModelRepository(repo).list_versions("m") == [1, 5, 6]
     assert ModelRepository(repo).read_metadata("m", 5).version == 5
 
     before = snapshot(repo)
     with pytest.raises(ExportError, match="version 5 already exists"):
-        export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", version=5, **QUICK)
+        export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", version=5, options=QUICK)
     for bad in (0, -3, "latest"):
         with pytest.raises(ExportError, match="version"):
-            export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", version=bad, **QUICK)
+            export_checkpoint(psp_source.config, psp_source.checkpoint, repo,
+                              name="m", version=bad, options=QUICK)
     assert snapshot(repo) == before
 
 
 def test_failure_while_populating_leaves_no_trace(psp_source, tmp_path, monkeypatch):
     repo = tmp_path / "repo"
-    export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", **QUICK)
+    export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", options=QUICK)
     before = snapshot(repo)
 
     def copy_then_fail(source, target):
         target.write_bytes(source.read_bytes()[:1000])  # a half-written model file
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(export.exporter, "copy_into", copy_then_fail)
+    monkeypatch.setattr(export.publishing, "copy_into", copy_then_fail)
     with pytest.raises(ExportError, match="No space left"):
-        export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", **QUICK)
+        export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", options=QUICK)
     assert snapshot(repo) == before  # no version 2, no staging directory, no lock, same config.pbtxt
     # A brand-new repository is not even created.
     with pytest.raises(ExportError):
-        export_checkpoint(psp_source.config, psp_source.checkpoint, tmp_path / "fresh" / "repo", name="m", **QUICK)
+        export_checkpoint(psp_source.config, psp_source.checkpoint, tmp_path / "fresh" / "repo",
+                          name="m", options=QUICK)
     assert not (tmp_path / "fresh").exists()
 
 
 KILLED_EXPORT = textwrap.dedent("""
     import json, sys, time
     from pathlib import Path
-    import export.exporter as exporter
+    import export.publishing as publishing
+    from export import ExportOptions, export_checkpoint
 
     config, checkpoint, repository, marker = json.loads(sys.argv[1])
-    real_copy = exporter.copy_into
+    real_copy = publishing.copy_into
 
     def copy_and_hang(source, target):
         real_copy(source, target)
         Path(marker).write_text("copying")  # the parent kills us now, mid-publish
         time.sleep(120)
 
-    exporter.copy_into = copy_and_hang
-    exporter.export_checkpoint(config, checkpoint, repository, name="m", max_batch_size=1, simplify=False)
+    publishing.copy_into = copy_and_hang
+    export_checkpoint(config, checkpoint, repository,
+                      ExportOptions(max_batch_size=1, simplify=False), name="m")
 """)
 
 
 def test_sigkill_during_export_leaves_no_visible_version(psp_source, tmp_path):
     repo = tmp_path / "repo"
-    export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", **QUICK)
+    export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", options=QUICK)
     version_one = snapshot(repo / "m" / "1")
     config_before = (repo / "m" / "config.pbtxt").read_text()
     marker = tmp_path / "copying"
@@ -120,7 +126,7 @@ def test_sigkill_during_export_leaves_no_visible_version(psp_source, tmp_path):
     # The kernel dropped the dead process's lock: the next export takes it, sweeps the staging
     # directory and carries on. (The lock file stays: waiters must share one inode.)
     started = time.monotonic()
-    result = export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", **QUICK)
+    result = export_checkpoint(psp_source.config, psp_source.checkpoint, repo, name="m", options=QUICK)
     assert result.version == 2 and repository.list_versions("m") == [1, 2]
     assert not [p for p in (repo / "m").iterdir() if p.name.startswith(".tmp-")]
     assert time.monotonic() - started < 60

@@ -9,6 +9,7 @@
 from training.config.errors import ConfigError
 from training.config.loader import (
     Config,
+    as_config,
     check_value,
     config_from_mapping,
     defaults,
@@ -25,6 +26,7 @@ __all__ = [
     "SECTIONS",
     "Config",
     "ConfigError",
+    "as_config",
     "check_value",
     "config_from_mapping",
     "config_path",

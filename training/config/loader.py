@@ -10,6 +10,7 @@ or outside its choices raises ConfigError naming the key, the file and the line.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -341,10 +342,28 @@ def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> Con
         raise ConfigError(f"{path}: {exc}") from None
 
 
+def as_config(value: Config | Mapping[str, Any] | str | os.PathLike[str]) -> Config:
+    """The one conversion public entry points make: whatever came in, as a validated Config.
+
+    A Config is returned as is; a flat `{key: value}` mapping (e.g. the config stored in a
+    checkpoint) is validated with `config_from_mapping`; a path or a shipped config's name is
+    read with `load_config`. Internals then take a Config and read `cfg.key`: the defaults live
+    in `schema.KEYS` only. Raises ConfigError for anything else or any invalid content.
+    """
+    if isinstance(value, Config):
+        return value
+    if isinstance(value, Mapping):
+        return config_from_mapping(value)
+    if isinstance(value, (str, os.PathLike)):
+        return load_config(value)
+    raise ConfigError(f"a config is a YAML path, a mapping or a Config, not {type(value).__name__}")
+
+
 __all__ = [
     "ADDITIONS",
     "Config",
     "ConfigError",
+    "as_config",
     "check_value",
     "config_from_mapping",
     "defaults",
