@@ -2,7 +2,7 @@
 
 PSPNet-50 with the ADE20K config (150 classes, 473 crop, base_size 512, single scale with flip)
 and random weights, seeded (latency does not depend on the values). The checkpoint is exported
-with `export.exporter.export_checkpoint` (what `sceneparse export` runs) into a temporary model
+with `export.export_checkpoint` (what `sceneparse export` runs) into a temporary model
 repository, and a real `sceneparse serve` process (uvicorn) serves it. One 512x384 image then
 goes, in turn:
 

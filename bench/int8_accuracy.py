@@ -81,8 +81,8 @@ def time_pipeline(repository, names: list[str], images: list[np.ndarray], thread
 
 def bench_model(name: str, workdir: Path, data: Path, variants: list[tuple[str, ...]], threads: int,
                 latency_images: int, tmp: Path) -> list[dict]:
-    from export.calibration import read_list_images, read_rgb
     from export import ExportOptions, export_checkpoint
+    from export.calibration import read_list_images, read_rgb
     from export.quantize import MAX_MIOU_DROP, MIN_AGREEMENT, QuantizationOptions
     from serving.repository import ModelRepository
 

@@ -161,8 +161,8 @@ def test_a_stride8_export_whose_pipeline_zoom_disagrees_publishes_nothing(psp_so
     # The gateway zooms stride-8 logits with serving.pipeline.resize_bilinear; a zoom that does not
     # reproduce PyTorch's (here: half-pixel centres instead of aligned corners) must stop the export.
     import serving.pipeline
-    from export.errors import VerificationError
     from export import ExportOptions, export_checkpoint
+    from export.errors import VerificationError
 
     real = serving.pipeline.resize_bilinear
     monkeypatch.setattr(serving.pipeline, "resize_bilinear",
