@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("training.evaluate:main", "evaluate a checkpoint with the original test protocol"),
     "export": ("export.cli:main", "export a checkpoint to ONNX/TorchScript and publish it to a model repository"),
     "serve": ("serving.cli:main", "run the HTTP gateway over a model repository"),
-    "predict": ("serving.predict:main", "segment image files offline with a published model"),
+    "predict": ("serving.predict:main", "segment images and videos offline with a published model or a checkpoint"),
     "pipeline": ("retraining.cli:pipeline_main", "retrain, evaluate, gate, export, publish and reload"),
     "versions": ("retraining.cli:versions_main", "list a model's versions, their metrics and the served one"),
     "rollback": ("retraining.cli:rollback_main", "make an earlier version the served one"),

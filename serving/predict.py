@@ -19,11 +19,11 @@ from pathlib import Path
 from serving.backends.base import BackendUnavailable
 from serving.batch.image import ImageLimits
 from serving.batch.inputs import InputError, collect_tasks, is_uri, is_video
-from serving.batch.job import Executor, JobError, ModelSpec, PredictJob, run_job, run_local
+from serving.batch.job import CheckpointSpec, Executor, JobError, ModelSpec, PredictJob, run_job, run_local
 from serving.batch.outputs import OUTPUT_KINDS, OutputPlan
 from serving.class_filter import parse_classes
 from serving.pipeline import validate_scales
-from serving.repository import ModelRepository, RepositoryError
+from serving.repository import ModelMetadata, ModelRepository, RepositoryError
 from serving.segmentation import SegmentOptions
 
 
@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="append", default=[], metavar="FILE",
                         help="list file in the original format (`image [label]` per line); may repeat")
     parser.add_argument("--data-root", default=".", help="folder the --list paths are relative to (default: .)")
-    parser.add_argument("--model", required=True, help="model name in the repository")
+    parser.add_argument("--model", help="model name in the repository (or --config and --checkpoint)")
     parser.add_argument("--model-version", type=int, default=None,
                         help="version to run (default: the served one, i.e. pinned or newest)")
     parser.add_argument("--repository", default="model_repository", help="model repository (default: model_repository)")
@@ -69,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=["onnxruntime", "triton"], default="onnxruntime")
     parser.add_argument("--triton-url", default=None, help="Triton host:port for --backend triton")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    eager = parser.add_argument_group("straight from a checkpoint, in eager PyTorch (pip install 'sceneparse[train]')")
+    eager.add_argument("--config", help="the checkpoint's YAML config (original format) or a shipped config's name")
+    eager.add_argument("--checkpoint", help="weights: an original release, a state dict or a sceneparse checkpoint")
+    eager.add_argument("--device", default="auto", help="torch device: auto (CUDA when there is one), cpu, cuda, "
+                                                       "cuda:1, ... (default: auto)")
     ray = parser.add_argument_group("Ray (pip install 'sceneparse[ray]'; docs/batch.md)")
     ray.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                      help="run as a Ray Data job: no ADDRESS starts a local Ray instance, `auto` joins the "
@@ -102,6 +107,41 @@ def _executor(args: argparse.Namespace) -> Executor:
     return RayExecutor(RayOptions(args.ray, args.workers, cpus, args.gpus_per_worker))
 
 
+def _model(args: argparse.Namespace) -> tuple[ModelSpec | CheckpointSpec, ModelMetadata]:
+    """The model to run: a published version (--model), or a checkpoint with its config."""
+    if args.config or args.checkpoint:
+        if args.model or not (args.config and args.checkpoint):
+            raise ValueError("give --model NAME (a published model), or --config and --checkpoint (not both)")
+        if args.model_version is not None or args.backend != "onnxruntime" or args.triton_url:
+            raise ValueError("--model-version, --backend and --triton-url are for published models, "
+                             "not --checkpoint (which runs in eager PyTorch)")
+        return _checkpoint_model(args)
+    if not args.model:
+        raise ValueError("give --model NAME (a published model), or --config and --checkpoint")
+    repository = ModelRepository(args.repository)
+    repository.check_root()
+    meta = repository.read_metadata(args.model, args.model_version)
+    return ModelSpec(str(repository.root), meta.name, meta.version, args.backend, triton_url=args.triton_url), meta
+
+
+def _checkpoint_model(args: argparse.Namespace) -> tuple[CheckpointSpec, ModelMetadata]:
+    try:
+        from training.checkpoint_model import checkpoint_metadata, file_sha256, read_config
+    except ModuleNotFoundError as exc:
+        if exc.name in {"torch", "torchvision"}:
+            raise ValueError(f"--checkpoint needs {exc.name}; install the training extra: "
+                             "pip install 'sceneparse[train]'") from None
+        raise
+    checkpoint = Path(args.checkpoint).absolute()
+    if not checkpoint.is_file():
+        raise ValueError(f"--checkpoint {checkpoint}: no such file")
+    config_file = Path(args.config)
+    # A shipped config's name stays a name; a file is passed on as an absolute path (Ray workers).
+    config = str(config_file.absolute()) if config_file.is_file() else args.config
+    meta = checkpoint_metadata(read_config(config), checkpoint)
+    return CheckpointSpec(config, str(checkpoint), file_sha256(checkpoint), device=args.device), meta
+
+
 def build_job(args: argparse.Namespace) -> tuple[PredictJob, list]:
     """The job and its tasks from parsed flags. Raises ValueError, InputError or RepositoryError."""
     if not 0.0 <= args.alpha <= 1.0:
@@ -112,9 +152,7 @@ def build_job(args: argparse.Namespace) -> tuple[PredictJob, list]:
         raise ValueError(f"--max-pixels must be positive, got {args.max_pixels}")
     if args.every < 1:
         raise ValueError(f"--every must be at least 1, got {args.every}")
-    repository = ModelRepository(args.repository)
-    repository.check_root()
-    meta = repository.read_metadata(args.model, args.model_version)
+    model, meta = _model(args)
     scales = meta.test_scales
     if args.scales:
         scales = validate_scales([float(s) for s in args.scales.split(",") if s.strip()])
@@ -130,7 +168,6 @@ def build_job(args: argparse.Namespace) -> tuple[PredictJob, list]:
     tasks = collect_tasks(args.inputs, args.list, args.data_root, exclude=out_dir)
     if not tasks:
         raise ValueError(f"no image files found in {', '.join(args.inputs + args.list)}")
-    model = ModelSpec(str(repository.root), meta.name, meta.version, args.backend, triton_url=args.triton_url)
     chosen = parse_classes(args.classes, meta.classes)  # ClassFilterError is a ValueError: a usage error
     plan = OutputPlan.for_kinds([args.output], args.alpha, chosen, args.probabilities)
     if any(is_video(task.source) for task in tasks):

@@ -62,6 +62,14 @@ class ModelSpec:
     def metadata(self) -> ModelMetadata:
         return ModelRepository(self.repository).read_metadata(self.name, self.version)
 
+    def identity(self) -> dict[str, Any]:
+        """What names the model in the job manifest."""
+        return {"model": self.name, "version": self.version}
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} v{self.version}"
+
     def open(self) -> tuple[ModelMetadata, ModelRunner, Backend]:
         """Load the version: (its metadata, a runner, the backend to close after the runner)."""
         from serving.backends.factory import create_backend
@@ -82,10 +90,41 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class CheckpointSpec:
+    """A checkpoint and its config, run in eager PyTorch (`predict --config --checkpoint`; the
+    `train` extra). Picklable like ModelSpec; torch is imported only by `open()`
+    (training/checkpoint_model.py). `sha256` ties an out folder's files to the weights."""
+
+    config: str
+    checkpoint: str
+    sha256: str
+    device: str = "auto"
+    threads: int = 0
+
+    @property
+    def title(self) -> str:
+        return Path(self.checkpoint).name
+
+    def identity(self) -> dict[str, Any]:
+        return {"config": self.config, "checkpoint": self.checkpoint, "checkpoint_sha256": self.sha256}
+
+    def metadata(self) -> ModelMetadata:
+        from training.checkpoint_model import checkpoint_metadata, read_config
+
+        return checkpoint_metadata(read_config(self.config), self.checkpoint)
+
+    def open(self) -> tuple[ModelMetadata, Any, None]:
+        from training.checkpoint_model import open_checkpoint
+
+        meta, runner = open_checkpoint(self.config, self.checkpoint, self.device, self.threads)
+        return meta, runner, None
+
+
+@dataclass(frozen=True)
 class PredictJob:
     """Everything that decides a job's files: model, options, outputs, where they go."""
 
-    model: ModelSpec
+    model: ModelSpec | CheckpointSpec
     out_dir: Path
     plan: OutputPlan
     options: SegmentOptions
@@ -96,7 +135,7 @@ class PredictJob:
     def manifest(self) -> dict[str, Any]:
         """What the out folder's files were made with; a rerun resumes only when this is equal."""
         return {
-            "model": self.model.name, "version": self.model.version, "outputs": self.plan.describe(),
+            **self.model.identity(), "outputs": self.plan.describe(),
             "scales": list(self.options.scales), "flip": self.options.flip,
             "stride_rate": self.options.stride_rate, "max_side": self.options.max_side,
         }
@@ -108,8 +147,10 @@ class PredictJob:
         try:
             yield ImagePredictor(runner, meta, self.options, self.plan, self.out_dir, self.limits, self.progress)
         finally:
-            runner.close()
-            backend.close()
+            if hasattr(runner, "close"):  # a TorchRunner holds nothing to release
+                runner.close()
+            if backend is not None:
+                backend.close()
 
 
 class Executor(Protocol):
@@ -243,7 +284,9 @@ def _describe(manifest: dict[str, Any] | None) -> str:
     if not isinstance(manifest, dict):
         return "an unreadable manifest"
     kinds = ",".join(str(o.get("kind")) for o in manifest.get("outputs", []) if isinstance(o, dict))
-    return (f"{manifest.get('model')} v{manifest.get('version')}, output {kinds}, scales {manifest.get('scales')}, "
+    model = (f"{manifest.get('model')} v{manifest.get('version')}" if "model" in manifest
+             else f"checkpoint {manifest.get('checkpoint')} (sha256 {str(manifest.get('checkpoint_sha256'))[:12]})")
+    return (f"{model}, output {kinds}, scales {manifest.get('scales')}, "
             f"flip {manifest.get('flip')}, max_side {manifest.get('max_side')}")
 
 
@@ -268,7 +311,7 @@ def run_job(job: PredictJob, tasks: list[ImageTask], executor: Executor = run_lo
                     output.add(skipped)
             else:
                 pending.append(task)
-        bar = tqdm(total=len(pending), desc=f"predict {job.model.name} v{job.model.version}", unit="img",
+        bar = tqdm(total=len(pending), desc=f"predict {job.model.title}", unit="img",
                    disable=not progress, file=sys.stderr, dynamic_ncols=True)
 
         def handle(result: ImageResult) -> None:
