@@ -16,10 +16,12 @@ is a failed gate (exit 3) whose message gives both figures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,27 +87,44 @@ class PipelineOutcome:
         return {"published": 0, "dry-run": 0, "gate-failed": 3}.get(self.outcome, 1)
 
 
+class _Step:
+    """One running step; set `status` to record how it ended ("ok" unless told otherwise)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.status = "ok"
+
+
 class _Run:
     """Bookkeeping of one run: the state file (what step is running) and step timings."""
 
     def __init__(self, run_dir: Path):
         self.dir = run_dir
         self.steps: list[dict[str, Any]] = []
+        self.current = ""  # the step running or last run, named in the report's error
         run_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, step: str) -> float:
-        atomic_write_text(self.dir / "state.json", json.dumps({"step": step, "pid": os.getpid(), "time": time.time()}) + "\n")
-        print(f"[pipeline] {step} ...", flush=True)
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[_Step]:
+        """`with run.step("export") as step:` records the step's time and status ("FAIL" when it raises)."""
+        self.current = name
+        atomic_write_text(self.dir / "state.json", json.dumps({"step": name, "pid": os.getpid(), "time": time.time()}) + "\n")
+        print(f"[pipeline] {name} ...", flush=True)
         # Operators (and the kill-at-every-step tests) can freeze a run at the start of a step
         # to inspect the repository or to kill it there.
-        if os.environ.get("SCENEPARSE_PIPELINE_HOLD") == step:
-            print(f"[pipeline] holding before {step} (SCENEPARSE_PIPELINE_HOLD)", flush=True)
+        if os.environ.get("SCENEPARSE_PIPELINE_HOLD") == name:
+            print(f"[pipeline] holding before {name} (SCENEPARSE_PIPELINE_HOLD)", flush=True)
             while True:
                 time.sleep(3600)
-        return time.perf_counter()
-
-    def done(self, step: str, started: float, status: str = "ok") -> None:
-        self.steps.append({"step": step, "seconds": time.perf_counter() - started, "status": status})
+        step = _Step(name)
+        started = time.perf_counter()
+        try:
+            yield step
+        except BaseException:
+            step.status = "FAIL"
+            raise
+        finally:
+            self.steps.append({"step": name, "seconds": time.perf_counter() - started, "status": step.status})
 
 
 def _deployed(repo: ModelRepository, name: str) -> ModelMetadata | None:
@@ -214,63 +233,56 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
     report["deployed_metrics"] = deployed.metrics if deployed else None
     class_names: list[str] = deployed.classes if deployed else []
     outcome = PipelineOutcome("failed", run.dir, report)
-    step = "train"
     try:
-        started = run.start("train")
-        if deployed is not None and deployed.precision != request.precision:
-            raise PipelineError(
-                f"model {request.name!r} serves {deployed.precision} versions and this run exports "
-                f"{request.precision}; precision is part of a model's tensor contract, so publish it under "
-                f"a name of its own (e.g. --name {request.name}_{request.precision})")
-        cfg = _training_config(request, run, deployed)
-        from training.train import run_training
+        with run.step("train"):
+            if deployed is not None and deployed.precision != request.precision:
+                raise PipelineError(
+                    f"model {request.name!r} serves {deployed.precision} versions and this run exports "
+                    f"{request.precision}; precision is part of a model's tensor contract, so publish it under "
+                    f"a name of its own (e.g. --name {request.name}_{request.precision})")
+            cfg = _training_config(request, run, deployed)
+            from training.train import run_training
 
-        trained = run_training(cfg, cpu_processes=request.cpu_processes)
-        checkpoint = Path(trained["checkpoint"])
-        report["checkpoint"] = str(checkpoint)
-        run.done("train", started)
+            trained = run_training(cfg, cpu_processes=request.cpu_processes)
+            checkpoint = Path(trained["checkpoint"])
+            report["checkpoint"] = str(checkpoint)
 
-        step = "export"
-        started = run.start("export")
-        from export import ExportOptions, export_checkpoint
-        from export.quantize import Int8GateError
+        with run.step("export") as step:
+            from export import ExportOptions, export_checkpoint
+            from export.quantize import Int8GateError
 
-        try:
-            options = ExportOptions(formats=request.formats, max_batch_size=_max_batch_size(request, deployed),
-                                    num_versions=request.keep_last, int8=request.int8)
-            staged = export_checkpoint(cfg, checkpoint, run.dir / "staged_repository", options, name=request.name)
-        except Int8GateError as exc:
-            report["int8"] = json.loads(json.dumps(exc.figures, default=str))
-            report["gates"] = GateResult(False, [int8_check(exc.figures)]).to_dict()
-            run.done("export", started, "FAIL")
-            outcome.outcome = report["outcome"] = "gate-failed"
-            return outcome
-        report["parity"] = staged.parity
-        report["staged_version"] = {"path": str(staged.path), "precision": staged.metadata.precision}
-        run.done("export", started)
+            try:
+                options = ExportOptions(formats=request.formats, max_batch_size=_max_batch_size(request, deployed),
+                                        num_versions=request.keep_last, int8=request.int8)
+                staged = export_checkpoint(cfg, checkpoint, run.dir / "staged_repository", options, name=request.name)
+            except Int8GateError as exc:
+                report["int8"] = json.loads(json.dumps(exc.figures, default=str))
+                report["gates"] = GateResult(False, [int8_check(exc.figures)]).to_dict()
+                step.status = "FAIL"
+                outcome.outcome = report["outcome"] = "gate-failed"
+                return outcome
+            report["parity"] = staged.parity
+            report["staged_version"] = {"path": str(staged.path), "precision": staged.metadata.precision}
 
-        step = "evaluate"
-        started = run.start("evaluate")
-        from training.datasets import dataset_info_for_config
-        from training.evaluate_deployed import evaluate_deployed
+        with run.step("evaluate"):
+            from training.datasets import dataset_info_for_config
+            from training.evaluate_deployed import evaluate_deployed
 
-        # The staged version's own file, through the serving pipeline: what would be published.
-        candidate = evaluate_deployed(staged.path.parent.parent, staged.name, staged.version,
-                                      _evaluation_config(cfg, checkpoint, run), progress=True)
-        class_names = list(dataset_info_for_config(cfg).classes)
-        report["candidate_metrics"] = {k: candidate[k] for k in ("mIoU", "mAcc", "aAcc", "absent", "per_class")
-                                       if k in candidate}
-        _record_metrics(staged.path, report["candidate_metrics"])
-        run.done("evaluate", started)
+            # The staged version's own file, through the serving pipeline: what would be published.
+            candidate = evaluate_deployed(staged.path.parent.parent, staged.name, staged.version,
+                                          _evaluation_config(cfg, checkpoint, run), progress=True)
+            class_names = list(dataset_info_for_config(cfg).classes)
+            report["candidate_metrics"] = {k: candidate[k] for k in ("mIoU", "mAcc", "aAcc", "absent", "per_class")
+                                           if k in candidate}
+            _record_metrics(staged.path, report["candidate_metrics"])
 
-        step = "gate"
-        started = run.start("gate")
-        gates = check_gates(report["candidate_metrics"], deployed.metrics if deployed else None,
-                            request.policy, class_names)
-        if "int8" in staged.parity:  # passed at export (a failure stops there), reported beside the others
-            gates = GateResult(gates.passed, [*gates.checks, int8_check(staged.parity["int8"])])
-        report["gates"] = gates.to_dict()
-        run.done("gate", started, "pass" if gates.passed else "FAIL")
+        with run.step("gate") as step:
+            gates = check_gates(report["candidate_metrics"], deployed.metrics if deployed else None,
+                                request.policy, class_names)
+            if "int8" in staged.parity:  # passed at export (a failure stops there), reported beside the others
+                gates = GateResult(gates.passed, [*gates.checks, int8_check(staged.parity["int8"])])
+            report["gates"] = gates.to_dict()
+            step.status = "pass" if gates.passed else "FAIL"
         if not gates.passed:
             outcome.outcome = report["outcome"] = "gate-failed"
             return outcome
@@ -278,27 +290,23 @@ def run_pipeline(request: PipelineRequest) -> PipelineOutcome:
             outcome.outcome = report["outcome"] = "dry-run"
             return outcome
 
-        step = "publish"
-        started = run.start("publish")
-        # publish_version also removes a rollback pin, in the same hold of the publish lock: a pin
-        # must not hide the new version.
-        version = _publish_staged(repo, staged.path, request.name)
-        report["retention_deleted"] = apply_retention(repo, request.name, request.keep_last)
-        outcome.published_version = report["published_version"] = version
-        run.done("publish", started)
+        with run.step("publish"):
+            # publish_version also removes a rollback pin, in the same hold of the publish lock: a pin
+            # must not hide the new version.
+            version = _publish_staged(repo, staged.path, request.name)
+            report["retention_deleted"] = apply_retention(repo, request.name, request.keep_last)
+            outcome.published_version = report["published_version"] = version
 
-        step = "notify"
-        started = run.start("notify")
-        problems = notify_serving(request)
-        report["notify_problems"] = problems
-        for problem in problems:
-            print(f"[pipeline] warning: published v{version}, but {problem}", flush=True)
-        run.done("notify", started, "ok" if not problems else "warning")
+        with run.step("notify") as step:
+            problems = notify_serving(request)
+            report["notify_problems"] = problems
+            for problem in problems:
+                print(f"[pipeline] warning: published v{version}, but {problem}", flush=True)
+            step.status = "ok" if not problems else "warning"
         outcome.outcome = report["outcome"] = "published"
         return outcome
     except Exception as exc:
-        report["error"] = f"{step}: {exc}"
-        run.steps.append({"step": step, "seconds": 0.0, "status": "FAIL"})
+        report["error"] = f"{run.current}: {exc}"
         outcome.outcome = report["outcome"] = "failed"
         return outcome
     finally:

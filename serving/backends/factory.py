@@ -20,9 +20,5 @@ def create_backend(settings: Settings) -> Backend:
     if settings.backend == "triton":
         from serving.backends.triton import TritonBackend
 
-        if hasattr(TritonBackend, "from_settings"):
-            return TritonBackend.from_settings(settings)
-        return TritonBackend(
-            url=settings.resolved_triton_url, protocol=settings.triton_protocol, timeout=settings.triton_timeout
-        )
+        return TritonBackend.from_settings(settings)
     raise ValueError(f"unknown backend {settings.backend!r}: use onnxruntime or triton")
