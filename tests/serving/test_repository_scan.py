@@ -1,7 +1,7 @@
 """A repository no bad entry can stop: each kind of bad entry is skipped and reported on its own.
 
 Unit level, on small fake versions (the gateway-level test with real ONNX Runtime sessions is
-`test_bad_entries_never_stop_the_gateway` in test_reload_warmup.py).
+`test_bad_entries_never_stop_the_gateway` in test_reload.py).
 """
 
 from __future__ import annotations
