@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from export.errors import ExportError
+from export.triton_config import DEFAULT_MAX_QUEUE_SIZE
 
 DEFAULT_REPOSITORY = "model_repository"
 
@@ -26,7 +27,7 @@ def _formats(text: str) -> list[str]:
 
 # Options of one export; a manifest carries them per entry (or in its defaults) instead.
 PER_EXPORT_OPTIONS = ("name", "format", "version", "fp16", "max_batch_size", "opset", "logits", "simplify",
-                      "num_versions", "instance_kind", "precision", "calibration", "calibration_images", "val_list",
+                      "num_versions", "instance_kind", "triton_max_queue_size", "precision", "calibration", "calibration_images", "val_list",
                       "holdout_images", "gate_images", "min_agreement", "max_miou_drop", "keep_fp32",
                       "calibration_method")
 
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-versions", type=int, default=2, help="Triton version_policy latest num_versions")
     parser.add_argument("--instance-kind", choices=("KIND_AUTO", "KIND_GPU", "KIND_CPU"), default="KIND_AUTO",
                         help="Triton instance_group kind (default KIND_AUTO: GPU if present)")
+    parser.add_argument("--triton-max-queue-size", type=int, default=DEFAULT_MAX_QUEUE_SIZE,
+                        help="requests Triton queues for the model before it rejects more (config.pbtxt "
+                        f"default_queue_policy; default {DEFAULT_MAX_QUEUE_SIZE})")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for export and verification")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
@@ -134,6 +138,7 @@ def _export_one(args) -> int:
             formats=tuple(args.format), fp16=args.fp16 or args.precision == "fp16", max_batch_size=args.max_batch_size,
             opset=args.opset, logits=args.logits or DEFAULT_LOGITS, simplify=args.simplify,
             num_versions=args.num_versions, instance_kind=args.instance_kind, int8=int8,
+            triton_max_queue_size=args.triton_max_queue_size,
         )
         result = export_checkpoint(args.config, args.checkpoint, args.repository or DEFAULT_REPOSITORY, options,
                                    name=args.name, version=args.version, progress=progress)

@@ -78,6 +78,7 @@ def model_files(meta: ModelMetadata, options: ExportOptions) -> dict[str, str]:
         # An int8 (QDQ) graph takes and returns float32: quantization is inside it.
         precision="fp32" if meta.precision == "int8" else meta.precision, max_batch_size=options.max_batch_size,
         num_versions=options.num_versions, instance_kind=options.instance_kind,
+        max_queue_size=options.triton_max_queue_size,
     )
     try:
         return {CONFIG_FILE: triton.to_text(), LABELS_FILE: labels_text(meta.classes),

@@ -17,7 +17,7 @@ A manifest is YAML::
 Relative paths (repository, config, checkpoint) are relative to the manifest's directory. Entry
 keys are export_checkpoint's arguments: config, checkpoint, name, version, and the fields of
 ExportOptions: formats (a list or "onnx,torchscript"), fp16, max_batch_size, opset, logits,
-simplify, num_versions, instance_kind. A malformed manifest is rejected before anything is
+simplify, num_versions, instance_kind, triton_max_queue_size. A malformed manifest is rejected before anything is
 exported, naming the file, line and key; a failing entry is reported and the run goes on with
 the next one.
 """
@@ -39,6 +39,7 @@ from export.options import ExportOptions
 ENTRY_KEYS = {
     "config": str, "checkpoint": str, "name": str, "formats": (list, str), "version": (int, str), "fp16": bool,
     "max_batch_size": int, "opset": int, "logits": str, "simplify": bool, "num_versions": int, "instance_kind": str,
+    "triton_max_queue_size": int,
 }
 TOP_KEYS = ("repository", "defaults", "exports")
 # Entry keys that name this one export; the rest are ExportOptions fields.

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from export.errors import ExportError
 from export.graph import LOGITS_CHOICES
 from export.quantize import QuantizationOptions
+from export.triton_config import DEFAULT_MAX_QUEUE_SIZE
 
 FORMATS = ("onnx", "torchscript")
 # Logits zoomed to the crop inside the graph (the original's zoom_factor 8): ONNX Runtime's Resize
@@ -32,6 +33,8 @@ class ExportOptions:
         seed: seed of the random verification inputs.
         int8: quantize the verified fp32 ONNX graph to int8 (export.quantize), calibrated and
             gated as these options say; None exports fp32 or fp16.
+        triton_max_queue_size: config.pbtxt's dynamic_batching default_queue_policy max_queue_size:
+            requests Triton queues for the model before it rejects more (the gateway answers 503).
     """
 
     formats: tuple[str, ...] = ("onnx",)
@@ -44,6 +47,7 @@ class ExportOptions:
     instance_kind: str = "KIND_AUTO"
     seed: int = 0
     int8: QuantizationOptions | None = None
+    triton_max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
 
     def __post_init__(self) -> None:
         # A list from a manifest or the CLI becomes the tuple the frozen dataclass promises.
@@ -62,6 +66,8 @@ class ExportOptions:
             raise ExportError(f"format listed twice: {list(self.formats)}")
         if self.max_batch_size < 1:
             raise ExportError(f"max batch size must be >= 1, got {self.max_batch_size}")
+        if self.triton_max_queue_size < 1:
+            raise ExportError(f"Triton max queue size must be >= 1, got {self.triton_max_queue_size}")
         if not 13 <= self.opset <= 21:
             raise ExportError(f"ONNX opset must be between 13 and 21, got {self.opset}")
         if self.logits not in LOGITS_CHOICES:

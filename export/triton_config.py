@@ -20,6 +20,13 @@ DEFAULT_FILENAMES = {"onnx": "model.onnx", "torchscript": "model.pt"}
 TRITON_DTYPES = {"fp32": "TYPE_FP32", "fp16": "TYPE_FP16"}
 INSTANCE_KINDS = ("KIND_AUTO", "KIND_GPU", "KIND_CPU")
 
+# Triton's own queue, in requests (each a batch of up to max_batch_size crops from the gateway).
+# Past it Triton rejects at once ("Exceeds maximum queue size", HTTP 503 / gRPC UNAVAILABLE) and
+# the gateway answers 503 with Retry-After; a request waiting longer than the timeout is rejected
+# too (the gateway's own Triton call would have given up by then: SCENEPARSE_TRITON_TIMEOUT, 30 s).
+DEFAULT_MAX_QUEUE_SIZE = 16
+DEFAULT_QUEUE_TIMEOUT_US = 30_000_000
+
 # Defaults for a 4 GB GPU. ORT's CUDA arena grows to the next power of two by default, which on a
 # small card turns a 1.1 GB request into 2 GB; "same as requested" keeps it tight. Exhaustive cuDNN
 # algorithm search allocates large workspaces while it benchmarks: heuristic search does not.
@@ -65,6 +72,9 @@ class TritonModelConfig:
     gpu_mem_limit: int = DEFAULT_GPU_MEM_LIMIT
     intra_op_threads: int = 0  # 0: ONNX Runtime picks (one per core)
     label_file: str | None = LABELS_FILE
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    queue_timeout_microseconds: int = DEFAULT_QUEUE_TIMEOUT_US  # 0: no timeout
+    warmup: bool = True  # one max_batch_size batch of zeros at load, before Triton reports the version ready
     extra_parameters: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -74,8 +84,10 @@ class TritonModelConfig:
             raise ValueError(f"unknown precision {self.precision!r}; expected fp32 or fp16")
         if self.instance_kind not in INSTANCE_KINDS:
             raise ValueError(f"unknown instance kind {self.instance_kind!r}; expected one of {INSTANCE_KINDS}")
-        if self.max_batch_size < 1 or self.instance_count < 1 or self.num_versions < 1:
-            raise ValueError("max_batch_size, instance_count and num_versions must be >= 1")
+        if self.max_batch_size < 1 or self.instance_count < 1 or self.num_versions < 1 or self.max_queue_size < 1:
+            raise ValueError("max_batch_size, instance_count, num_versions and max_queue_size must be >= 1")
+        if self.queue_timeout_microseconds < 0:
+            raise ValueError(f"queue_timeout_microseconds must be >= 0, got {self.queue_timeout_microseconds}")
         if any(int(d) < 1 for d in (*self.input_dims, *self.output_dims)):
             raise ValueError(f"tensor dims must be positive: {self.input_dims}, {self.output_dims}")
 
@@ -110,11 +122,21 @@ class TritonModelConfig:
             "dynamic_batching {",
             f"  preferred_batch_size: [ {preferred} ]",
             f"  max_queue_delay_microseconds: {self.max_queue_delay_microseconds}",
+            # A bounded queue: Triton's default is unbounded, so a burst from several gateways would
+            # pile up input batches in its host memory instead of being refused.
+            "  default_queue_policy {",
+            "    timeout_action: REJECT",
+            f"    default_timeout_microseconds: {int(self.queue_timeout_microseconds)}",
+            "    allow_timeout_override: false",
+            f"    max_queue_size: {int(self.max_queue_size)}",
+            "  }",
             "}",
             "instance_group [",
             f"  {{ count: {self.instance_count} kind: {self.instance_kind} }}",
             "]",
         ]
+        if self.warmup:
+            lines += self._warmup(in_name, dtype)
         if self.fmt == "onnx":
             lines += self._onnx_settings()
         else:
@@ -122,6 +144,25 @@ class TritonModelConfig:
             # graph for every new batch size the dynamic batcher forms).
             lines += _parameters({"INFERENCE_MODE": "true", "ENABLE_JIT_PROFILING": "false", **self.extra_parameters})
         return "\n".join(lines) + "\n"
+
+    def _warmup(self, in_name: str, dtype: str) -> list[str]:
+        # Triton runs this when it loads each version and reports the version ready only after it:
+        # the first real batch then finds the engine's memory planned and its arena grown (on the
+        # GPU, cuDNN's algorithms chosen). Zeros at the crop size and the largest batch the gateway
+        # sends, the one that sizes the arena.
+        return [
+            "model_warmup [",
+            "  {",
+            '    name: "crop_max_batch_zeros"',
+            f"    batch_size: {self.max_batch_size}",
+            "    inputs {",
+            f'      key: "{in_name}"',
+            f"      value: {{ data_type: {dtype} dims: [ {', '.join(str(int(d)) for d in self.input_dims)} ] "
+            "zero_data: true }",
+            "    }",
+            "  }",
+            "]",
+        ]
 
     def _onnx_settings(self) -> list[str]:
         lines = [

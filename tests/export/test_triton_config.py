@@ -65,3 +65,28 @@ def test_invalid_settings_are_refused(bad):
     settings = dict(name="m", fmt="onnx", input_dims=(3, 33, 33), output_dims=(2, 5, 5)) | bad
     with pytest.raises(ValueError):
         TritonModelConfig(**settings).to_text()
+
+
+@pytest.mark.parametrize(("fmt", "precision"), [("onnx", "fp32"), ("onnx", "fp16"), ("torchscript", "fp32")])
+def test_warmup_runs_the_crop_at_the_largest_batch(fmt, precision):
+    config = parse(TritonModelConfig("m", fmt, (3, 473, 473), (150, 473, 473), precision=precision,
+                                     max_batch_size=8).to_text())
+    (warmup,) = config.model_warmup
+    assert warmup.batch_size == 8
+    (name, tensor), = warmup.inputs.items()
+    assert name == ("input" if fmt == "onnx" else "INPUT__0")
+    dtype = model_config_pb2.TYPE_FP16 if precision == "fp16" else model_config_pb2.TYPE_FP32
+    assert (tensor.data_type, list(tensor.dims), tensor.zero_data) == (dtype, [3, 473, 473], True)
+    assert not parse(TritonModelConfig("m", fmt, (3, 33, 33), (2, 33, 33), warmup=False).to_text()).model_warmup
+
+
+def test_triton_queue_is_bounded_and_rejects_past_it():
+    config = parse(TritonModelConfig("m", "onnx", (3, 33, 33), (2, 33, 33), max_queue_size=5).to_text())
+    policy = config.dynamic_batching.default_queue_policy
+    assert policy.max_queue_size == 5
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    assert policy.default_timeout_microseconds == 30_000_000 and not policy.allow_timeout_override
+    default = parse(TritonModelConfig("m", "onnx", (3, 33, 33), (2, 33, 33)).to_text())
+    assert default.dynamic_batching.default_queue_policy.max_queue_size == 16  # Triton's own default: unbounded
+    with pytest.raises(ValueError, match="max_queue_size"):
+        TritonModelConfig("m", "onnx", (3, 33, 33), (2, 33, 33), max_queue_size=0).to_text()

@@ -5,6 +5,7 @@ Also: bad repository entries never stop the gateway, and a version is warmed up 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -184,7 +185,7 @@ def test_bad_entries_never_stop_the_gateway(writable_repository, model_name, sce
     half.mkdir()  # half-written: copied by hand, the metadata not there yet
     shutil.copy(repository.model_file(other, 1), half / "model.onnx")
     shutil.copytree(repository.version_dir(other, 1), root / other / "3")
-    (root / other / "3" / METADATA_FILE).write_text('{"name": "%s", "vers' % other)  # unreadable metadata
+    (root / other / "3" / METADATA_FILE).write_text(f'{{"name": "{other}", "vers')  # unreadable metadata
 
     settings = Settings(repository=root, poll_interval=0.2, ort_threads=1, admin_keys=["admin-key"])
     with TestClient(create_app(settings)) as client:
@@ -241,10 +242,8 @@ class RecordingBackend(OnnxRuntimeBackend):
             def __call__(self, batch):
                 serving = None
                 if backend.manager is not None:
-                    try:
+                    with contextlib.suppress(ModelNotFoundError):
                         serving = backend.manager.get(meta.name).version
-                    except ModelNotFoundError:
-                        pass
                 backend.calls.append((meta.version, tuple(batch.shape), serving))
                 return super().__call__(batch)
 
