@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.admission import RequestTooCostly, UploadsFull
-from serving.backends.base import BackendUnavailable
+from serving.backends.base import BackendBusy, BackendUnavailable
 from serving.imaging import ImageError
 from serving.repository import ModelNotFoundError, RepositoryError
 from serving.segmentation import RequestCancelled
@@ -107,6 +107,12 @@ def install_error_handlers(app: FastAPI, retry_after: int, max_body_bytes: int,
     @app.exception_handler(QueueFull)
     async def _queue_full(_: Request, exc: QueueFull) -> JSONResponse:
         return error_response(503, "queue_full", f"{exc}; retry later", retry)
+
+    @app.exception_handler(BackendBusy)
+    async def _backend_busy(_: Request, exc: BackendBusy) -> JSONResponse:
+        # Load, not a failure: no incident to log. The public answer names no host (the log does not
+        # need it either: the metrics count these).
+        return error_response(503, "backend_busy", "the inference backend's queue is full; retry later", retry)
 
     @app.exception_handler(BackendUnavailable)
     async def _backend_unavailable(request: Request, exc: BackendUnavailable) -> JSONResponse:

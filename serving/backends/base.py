@@ -17,6 +17,11 @@ class BackendUnavailable(RuntimeError):
     """The backend cannot run requests right now (e.g. Triton is down). The gateway answers 503."""
 
 
+class BackendBusy(BackendUnavailable):
+    """The backend refused the batch because its own queue is full (Triton's max_queue_size) or the
+    batch waited there past its timeout: load, not an outage. The gateway answers 503 + Retry-After."""
+
+
 class ModelRunner(ABC):
     """One loaded model version. Thread-safe: the gateway calls it from a worker pool."""
 

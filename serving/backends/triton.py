@@ -7,7 +7,9 @@ with its onnxruntime backend (config.pbtxt written by export), the gateway reads
 Failure model: every call has a timeout. A connection failure (refused, reset, timed out) or a
 model that Triton does not have ready raises `BackendUnavailable` (the gateway answers 503 and
 /readyz is 503); the failed client is dropped and a fresh one is made by the next call, so the
-gateway recovers by itself when Triton is back. Tensors travel as binary data. torch-free.
+gateway recovers by itself when Triton is back. Triton refusing a batch because its queue is full
+(config.pbtxt's default_queue_policy) raises `BackendBusy` (503 + Retry-After, no retry, the client
+kept). Tensors travel as binary data. torch-free.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from serving.backends.base import Backend, BackendUnavailable, ModelRunner
+from serving.backends.base import Backend, BackendBusy, BackendUnavailable, ModelRunner
 from serving.repository import ModelMetadata, ModelRepository
 
 PROTOCOLS = ("http", "grpc")
@@ -32,6 +34,9 @@ _DATATYPES = {"fp32": ("FP32", np.float32), "fp16": ("FP16", np.float16), "int8"
 T = TypeVar("T")
 # Messages of errors Triton itself returns with gRPC status UNAVAILABLE.
 _TRITON_SAYS = re.compile(r"unknown model|not at ready state|is not ready|not found", re.IGNORECASE)
+# What Triton answers (HTTP 503 / gRPC UNAVAILABLE) when config.pbtxt's default_queue_policy refuses
+# a request: the queue is at max_queue_size, or the request waited past the queue timeout.
+_TRITON_BUSY = re.compile(r"exceeds maximum queue size|request timeout expired", re.IGNORECASE)
 
 
 class TritonError(RuntimeError):
@@ -158,6 +163,9 @@ class TritonBackend(Backend):
             try:
                 return operation(client, timeout_kwargs)
             except InferenceServerException as exc:
+                if _TRITON_BUSY.search(_message(exc)):
+                    # Load, not an outage: the connection is fine and retrying now would only queue again.
+                    raise BackendBusy(f"Triton at {self.address} refused {action}: {_message(exc)}") from exc
                 kind = _grpc_failure_kind(exc)
                 if kind is None:
                     raise TritonError(f"Triton at {self.address} refused {action}: {_message(exc)}") from exc

@@ -22,6 +22,7 @@ from starlette.datastructures import UploadFile
 from serving.admission import MIB, RequestTooCostly, UploadsFull, estimate_cost, over_limit_message
 from serving.api.deps import API_KEY_DEPENDENCIES, GatewayDep
 from serving.api.errors import ApiError
+from serving.backends.base import BackendBusy
 from serving.class_filter import ClassFilterError, parse_classes
 from serving.coco import rle_document
 from serving.gateway import Gateway
@@ -177,6 +178,9 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
         body, media_type, seconds, tiles = await gateway.pool.run(reservation, job, remaining, on_done=release_model)
     except DeadlineExceeded:
         metrics.rejected.labels("deadline").inc()
+        raise
+    except BackendBusy:
+        metrics.rejected.labels("backend_busy").inc()
         raise
     metrics.observe_stages(seconds)
     metrics.tiles.observe(tiles)
