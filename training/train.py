@@ -69,6 +69,12 @@ def _note(message: str) -> None:
         print(f"note: {message}", file=sys.stderr)
 
 
+def _log(message: str) -> None:
+    """One line of the original's log (its `=> loading ...` / result lines), main process only."""
+    if du.is_main_process():
+        get_logger().info(message)
+
+
 # --------------------------------------------------------------------------------------------
 # One epoch of training and one pass of validation
 # --------------------------------------------------------------------------------------------
@@ -261,14 +267,16 @@ def check_config(cfg: Any) -> None:
         raise ValueError("config key evaluate is True but val_list is not set")
     if cfg.save_freq <= 0:
         raise ValueError(f"config key save_freq must be positive, got {cfg.save_freq}")
+    if not (cfg.weight or cfg.resume):
+        from training.models import backbone_weights_path
+
+        backbone_weights_path(cfg)  # the ImageNet file must be there before any process starts
 
 
 def _build_model(cfg: Any) -> nn.Module:
-    from training.models import build_model
+    from training.models import backbone_weights_path, build_model, load_backbone_weights
 
-    # A checkpoint to start from (weight) or to continue (resume) replaces every weight, so the
-    # config's ImageNet backbone file is neither needed nor read then.
-    model = build_model(cfg, aux=True, backbone_weights=not (cfg.weight or cfg.resume))
+    model = build_model(cfg, aux=True, backbone_weights=False)
     if cfg.label_scale == 8:
         # 1/8 label guidance (the original FAQ's faster option): keep the logits at stride 8 while
         # training, and subsample the labels to them; the saved config keeps its zoom_factor.
@@ -277,7 +285,16 @@ def _build_model(cfg: Any) -> nn.Module:
         from training.models import load_checkpoint
 
         load_checkpoint(model, cfg.weight)
-        _note(f"initialised weights from {cfg.weight}")
+        _log(f"=> loaded weight '{cfg.weight}'")
+    elif cfg.resume:
+        pass  # the checkpoint replaces every weight: the ImageNet file is neither needed nor read
+    else:
+        path = backbone_weights_path(cfg)  # the original's initmodel/ file unless the config says otherwise
+        if path:
+            keys = load_backbone_weights(model, path)
+            _log(f"=> loaded ImageNet backbone weights '{path}' ({len(keys)} tensors)")
+        else:
+            _log("=> no ImageNet backbone weights (pretrained_backbone none): training from scratch")
     return model
 
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 import torchvision
 
-from training.models import CheckpointError, build_model, load_backbone_weights, load_checkpoint
+from training.models import (
+    BackboneWeightsError,
+    CheckpointError,
+    build_model,
+    load_backbone_weights,
+    load_checkpoint,
+)
 from training.models.resnet import ResNet
 
 CONFIG = {"arch": "psp", "layers": 18, "classes": 5}
@@ -247,6 +253,7 @@ def test_build_model_initialises_the_backbone_from_a_file(tmp_path):
 
 def test_build_model_can_skip_a_missing_backbone_file(tmp_path):
     config = {**CONFIG, "pretrained_backbone": str(tmp_path / "initmodel" / "resnet18_v2.pth")}
-    with pytest.raises(CheckpointError, match="resnet18_v2.pth: no such checkpoint file"):
+    # A missing ImageNet file is named together with the two ways out (a path, or none).
+    with pytest.raises(BackboneWeightsError, match="resnet18_v2.pth.* not found.*pretrained_backbone none"):
         build_model(config)
     assert build_model(config, aux=False, backbone_weights=False).classes == 5

@@ -222,7 +222,8 @@ def test_an_original_file_loads_unchanged_with_defaults_for_the_additions(tmp_pa
     # sceneparse additions take the defaults that keep the original behaviour
     assert cfg.deep_stem is True and cfg.output_stride == 8 and cfg.bins == [1, 2, 3, 6]
     assert cfg.flip is True and cfg.amp is None and cfg.label_scale == 1 and cfg.keep_last == 2
-    assert cfg.dataset is None and cfg.pretrained_backbone is None
+    assert cfg.dataset is None
+    assert cfg.pretrained_backbone == "initmodel/resnet{layers}_v2.pth"  # the original's ImageNet file
     assert dataset_info_for_config(cfg).name == "voc2012"  # from names_path, files need not exist
 
 

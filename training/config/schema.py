@@ -12,6 +12,10 @@ from typing import Any
 
 SECTIONS = ("DATA", "TRAIN", "Distributed", "TEST")
 
+# The original loaded ./initmodel/resnet{50,101,152}_v2.pth unconditionally (no config key):
+# the default of `pretrained_backbone`, {layers} filled in (training.models.imagenet).
+ORIGINAL_BACKBONE_WEIGHTS = "initmodel/resnet{layers}_v2.pth"
+
 # Types: "int", "float" (an int is promoted), "bool", "str", "int_list", "float_list",
 # "flag" (0/1 or a bool, as the original's compact/psa_softmax), "any". A trailing "?" allows None.
 
@@ -89,7 +93,10 @@ KEYS: dict[str, Key] = {
     "deep_stem": _k("TRAIN", "bool", True, help="three 3x3 stem convolutions (False: torchvision 7x7 stem)"),
     "output_stride": _k("TRAIN", "int", 8, (8, 16)),
     "pretrained_backbone": _k(
-        "TRAIN", "str?", help="ImageNet weights file (deep-stem or torchvision format)"
+        "TRAIN",
+        "str?",
+        ORIGINAL_BACKBONE_WEIGHTS,
+        help="ImageNet weights file (deep-stem or torchvision format; {layers} is filled in); None: from scratch",
     ),
     "bins": _k("TRAIN", "int_list", [1, 2, 3, 6], help="PSPNet pyramid bins"),
     "frozen_bn": _k("TRAIN", "bool", False, help="freeze BatchNorm statistics and affine parameters"),

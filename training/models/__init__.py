@@ -16,6 +16,7 @@ from typing import Any
 from torch import nn
 
 from training.models.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
+from training.models.imagenet import BackboneWeightsError, backbone_weights_path
 from training.models.psanet import PSANet
 from training.models.pspnet import PSPNet
 from training.models.registry import get_model_builder, list_models, register_model
@@ -23,9 +24,11 @@ from training.models.resnet import RESNET_DEPTHS
 
 __all__ = [
     "ARCHS",
+    "BackboneWeightsError",
     "CheckpointError",
     "PSANet",
     "PSPNet",
+    "backbone_weights_path",
     "build_model",
     "get_model_builder",
     "list_models",
@@ -80,18 +83,20 @@ def build_model(config: Any, *, aux: bool = True, backbone_weights: bool = True)
             ``output_stride`` (8), ``bins`` ([1, 2, 3, 6]); for psa ``psa_type`` (2), ``compact``
             (False), ``shrink_factor`` (2), ``mask_h``/``mask_w`` (None: original rule from
             ``train_h``/``train_w``, 465), ``normalization_factor`` (1.0), ``psa_softmax`` (True);
-            ``pretrained_backbone`` (path of ImageNet weights, or None).
+            ``pretrained_backbone`` (path of ImageNet weights, possibly with ``{layers}``, or None;
+            a loaded ``Config`` defaults to the original's ``initmodel/resnet{layers}_v2.pth``).
         aux: build the aux head (True for training; False for inference and export).
-        backbone_weights: load ``pretrained_backbone`` when the config names one; pass False when a
-            whole-model checkpoint will be loaded anyway (evaluation, export), so the ImageNet file
-            need not exist.
+        backbone_weights: load ``pretrained_backbone`` when the config names one (see
+            ``backbone_weights_path``); pass False when a whole-model checkpoint will be loaded anyway
+            (evaluation, export), so the ImageNet file need not exist.
 
     Returns:
         the model in training mode (call ``.eval()`` for inference), on the CPU (or on the current
         default device).
 
     Raises:
-        ValueError: unknown arch or depth, bad values; CheckpointError for a bad backbone file.
+        ValueError: unknown arch or depth, bad values; BackboneWeightsError for a missing backbone
+        file; CheckpointError for a bad one.
     """
     if isinstance(config, (str, os.PathLike)):
         from training.config import load_config  # lazy: the config package stays optional here
@@ -123,7 +128,8 @@ def build_model(config: Any, *, aux: bool = True, backbone_weights: bool = True)
             train_w=int(_lookup(config, "train_w", 465)),
         )
     model = get_model_builder(name)(**kwargs)
-    backbone_path = _lookup(config, "pretrained_backbone", None)
-    if backbone_path and backbone_weights:
-        load_backbone_weights(model, backbone_path)
+    if backbone_weights:
+        backbone_path = backbone_weights_path(config)
+        if backbone_path:
+            load_backbone_weights(model, backbone_path)
     return model
