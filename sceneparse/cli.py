@@ -12,7 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "make-synthetic": ("training.data.synthetic:main", "write a rendered synthetic dataset in the original list format"),
     "train": ("training.train:main", "train PSPNet/PSANet from a YAML config (DDP, SyncBN, resume)"),
-    "test": ("training.evaluate:main", "evaluate a checkpoint with the original test protocol"),
+    "test": ("training.test_cli:main", "evaluate a checkpoint (original test protocol) or a published version (--repository)"),
     "export": ("export.cli:main", "export a checkpoint to ONNX/TorchScript and publish it to a model repository"),
     "serve": ("serving.cli:main", "run the HTTP gateway over a model repository"),
     "predict": ("serving.predict:main", "segment images and videos offline with a published model or a checkpoint"),

@@ -381,12 +381,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`sceneparse test`: 0 on success, 2 for a bad config/input, 1 when evaluation fails, 130 on ^C."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if any(arg == "--repository" or arg.startswith("--repository=") for arg in argv):
-        from training.evaluate_deployed import main as test_deployed  # a published version, as served
-
-        return test_deployed(argv)
-    args = parse_args(argv)
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         from training.config import load_config
 

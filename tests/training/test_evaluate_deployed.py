@@ -12,8 +12,9 @@ from PIL import Image
 
 from serving.repository import ModelRepository
 from training.config import config_from_mapping
-from training.evaluate import evaluate_dataset, main
+from training.evaluate import evaluate_dataset
 from training.evaluate_deployed import evaluate_deployed
+from training.test_cli import main
 
 
 def _data_overrides(dataset, save_folder: Path) -> list[str]:
