@@ -24,7 +24,7 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Pat
 
     Args:
         history: one dict per finished epoch with "epoch" (from 1), "loss", "main_loss",
-            "aux_loss", "lr" and optionally "mIoU", "mAcc", "aAcc" (in [0, 1]).
+            "aux_loss", "lr" and optionally "val_loss", "mIoU", "mAcc", "aAcc" (in [0, 1]).
         path: where to write the PNG (its directory must exist).
     Returns:
         The path written.
@@ -39,11 +39,11 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Pat
     has_val = any(row.get("mIoU") is not None for row in history)
     fig, axes = plt.subplots(1, 3 if has_val else 2, figsize=(13 if has_val else 9, 3.6))
     loss_ax, lr_ax = axes[0], axes[1]
-    for key, label in (("loss", "total"), ("main_loss", "main"), ("aux_loss", "aux")):
+    for key, label in (("loss", "total"), ("main_loss", "main"), ("aux_loss", "aux"), ("val_loss", "validation")):
         xs, ys = _series(history, key)
         if xs:
             loss_ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    loss_ax.set(title="training loss", xlabel="epoch")
+    loss_ax.set(title="loss", xlabel="epoch")
     loss_ax.legend()
     xs, ys = _series(history, "lr")
     lr_ax.plot(xs, ys, marker="o", markersize=3, color="tab:green")

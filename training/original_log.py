@@ -14,11 +14,28 @@ import logging
 import math
 import sys
 
-__all__ = ["LOG_FORMAT", "eval_result_lines", "get_logger", "iteration_line", "remain_time",
-           "train_result_line", "val_result_lines"]
+__all__ = ["EVALUATION_END", "EVALUATION_START", "LOG_FORMAT", "RunningAverage", "eval_result_lines",
+           "get_logger", "iteration_line", "remain_time", "train_result_line", "val_batch_line", "val_result_lines"]
 
 LOG_FORMAT = "[%(asctime)s %(levelname)s %(filename)s line %(lineno)d %(process)d] %(message)s"
 LOGGER_NAME = "sceneparse.main"
+# The lines that frame a validation pass in the original's training log.
+EVALUATION_START = ">>>>>>>>>>>>>>>> Start Evaluation >>>>>>>>>>>>>>>>"
+EVALUATION_END = "<<<<<<<<<<<<<<<<< End Evaluation <<<<<<<<<<<<<<<<<"
+
+
+class RunningAverage:
+    """The last value and the running mean (weighted by `n`), as the log lines show them."""
+
+    def __init__(self) -> None:
+        self.val = self.avg = self.sum = 0.0
+        self.count = 0
+
+    def update(self, value: float, n: int = 1) -> None:
+        self.val = float(value)
+        self.sum += float(value) * n
+        self.count += n
+        self.avg = self.sum / self.count
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -90,4 +107,14 @@ def iteration_line(epoch: int, epochs: int, step: int, steps: int, *, data: tupl
             f"MainLoss {main_loss:.4f} "
             f"AuxLoss {aux_loss:.4f} "
             f"Loss {loss:.4f} "
+            f"Accuracy {accuracy:.4f}.")
+
+
+def val_batch_line(step: int, steps: int, *, data: tuple[float, float], batch: tuple[float, float],
+                   loss: tuple[float, float], accuracy: float) -> str:
+    """Every `print_freq` validation batches: seconds, (last, mean) loss and the pixel accuracy."""
+    return (f"Test: [{step}/{steps}] "
+            f"Data {data[0]:.3f} ({data[1]:.3f}) "
+            f"Batch {batch[0]:.3f} ({batch[1]:.3f}) "
+            f"Loss {loss[0]:.4f} ({loss[1]:.4f}) "
             f"Accuracy {accuracy:.4f}.")

@@ -50,7 +50,16 @@ from training.checkpoints import (
 )
 from training.metrics import ABSENT_POLICIES, DEFAULT_ABSENT
 from training.optim import build_optimizer, poly_learning_rate, set_learning_rate
-from training.original_log import get_logger, val_result_lines
+from training.original_log import (
+    EVALUATION_END,
+    EVALUATION_START,
+    RunningAverage,
+    get_logger,
+    iteration_line,
+    train_result_line,
+    val_batch_line,
+    val_result_lines,
+)
 from training.syncbn import convert_sync_batchnorm, freeze_batchnorm, set_frozen_bn_eval
 
 __all__ = ["TrainingError", "evaluate", "main", "main_worker", "run_training", "train_one_epoch"]
@@ -108,32 +117,51 @@ def train_one_epoch(
     autocast_dtype: torch.dtype | None,
     channels_last: bool,
     writer: Any = None,
+    absent: str = DEFAULT_ABSENT,
 ) -> dict[str, float]:
     """Train for one epoch with the poly schedule set before every step.
+
+    As the original, every iteration's losses and pixel areas are summed over all processes (one
+    all-reduce), every `print_freq` iterations the original's `Epoch: [e/E][i/N] Data ... Batch ...
+    Remain ... MainLoss ... AuxLoss ... Loss ... Accuracy ...` line is logged and the
+    `*_train_batch` TensorBoard scalars written, and the epoch ends with
+    `Train result at epoch [e/E]: mIoU/mAcc/allAcc ...` (areas of the argmax of the main logits
+    against the labels the loss saw).
 
     Args:
         model: the (possibly DDP-wrapped) model; in train mode it returns (main_logits, aux_logits).
         loader: batches of (images float32 (N, 3, H, W) normalised, labels int64 (N, H, W)).
         epoch: 0-based epoch; iteration numbers continue as epoch * len(loader) + i.
         max_iter: epochs * len(loader), the end of the poly schedule.
+        absent: how the epoch's training mIoU/mAcc average absent classes ("zero": the original).
     Returns:
         {"loss", "main_loss", "aux_loss"}: sample-weighted means over this epoch and all
-        processes, and "lr": the backbone rate of the epoch's last step.
+        processes; "lr": the backbone rate of the epoch's last step; "train_mIoU", "train_mAcc",
+        "train_aAcc": the epoch's training-batch metrics.
     """
+    from training.metrics import intersection_and_union_torch, summarize
+
     model.train()
     if cfg.frozen_bn:
         set_frozen_bn_eval(model)
-    sums = torch.zeros(3, dtype=torch.float64)  # main, aux, total, each x samples
-    samples = 0
+    classes = int(cfg.classes)
+    # Per iteration, summed over processes: main, aux, total (each x samples), samples, then the
+    # intersection, union and target areas. float64 holds the pixel counts exactly.
+    epoch_sums = torch.zeros(4 + 3 * classes, dtype=torch.float64)
+    data_time, batch_time = RunningAverage(), RunningAverage()
     lr = float(optimizer.param_groups[0]["lr"])
+    main_process = du.is_main_process()
+    logger = get_logger() if main_process else None
     progress = tqdm(
         loader,
         desc=f"epoch {epoch + 1}/{cfg.epochs}",
-        disable=not du.is_main_process(),
+        disable=not main_process,
         dynamic_ncols=True,
         file=sys.stderr,
     )
+    end = time.perf_counter()
     for i, (images, target) in enumerate(progress):
+        data_time.update(time.perf_counter() - end)
         iteration = epoch * len(loader) + i
         lr = poly_learning_rate(cfg.base_lr, iteration, max_iter, cfg.power)
         set_learning_rate(optimizer, lr)
@@ -161,18 +189,54 @@ def train_one_epoch(
         scaler.update()
 
         n = images.size(0)
-        values = torch.stack([main_loss.detach(), aux_loss.detach(), loss.detach()]).double().cpu()
-        sums += values * n
-        samples += n
-        progress.set_postfix(loss=f"{values[2]:.4f}", aux=f"{values[1]:.4f}", lr=f"{lr:.2e}", refresh=False)
-        if writer is not None and (iteration + 1) % max(1, cfg.print_freq) == 0:
-            writer.add_scalar("train/loss", float(values[2]), iteration + 1)
-            writer.add_scalar("train/main_loss", float(values[0]), iteration + 1)
-            writer.add_scalar("train/aux_loss", float(values[1]), iteration + 1)
-            writer.add_scalar("train/lr", lr, iteration + 1)
+        areas = intersection_and_union_torch(main_logits.detach().argmax(1), target, classes, cfg.ignore_label)
+        packed = torch.cat([
+            torch.stack([main_loss.detach(), aux_loss.detach(), loss.detach()]).double() * n,
+            torch.tensor([float(n)], dtype=torch.float64, device=loss.device),
+            *(area.double() for area in areas),
+        ])
+        batch = du.all_reduce_sum(packed).cpu()
+        epoch_sums += batch
+        samples = float(batch[3])
+        main_value, aux_value, loss_value = (float(v) / samples for v in batch[:3])
+        inter, union, tgt = (batch[4 + k * classes:4 + (k + 1) * classes].numpy() for k in range(3))
+        accuracy = float(inter.sum() / (tgt.sum() + 1e-10))
+        batch_time.update(time.perf_counter() - end)
+        end = time.perf_counter()
+
+        progress.set_postfix(loss=f"{loss_value:.4f}", aux=f"{aux_value:.4f}", lr=f"{lr:.2e}", refresh=False)
+        step = iteration + 1
+        if main_process and (i + 1) % max(1, cfg.print_freq) == 0:
+            logger.info(iteration_line(
+                epoch + 1, cfg.epochs, i + 1, len(loader), data=(data_time.val, data_time.avg),
+                batch=(batch_time.val, batch_time.avg), remain=(max_iter - step) * batch_time.avg,
+                main_loss=main_value, aux_loss=aux_value, loss=loss_value, accuracy=accuracy))
+        if writer is not None:
+            # The original's per-iteration tags (every iteration, as it wrote them) ...
+            writer.add_scalar("loss_train_batch", main_value, step)
+            writer.add_scalar("mIoU_train_batch", float(np.mean(inter / (union + 1e-10))), step)
+            writer.add_scalar("mAcc_train_batch", float(np.mean(inter / (tgt + 1e-10))), step)
+            writer.add_scalar("allAcc_train_batch", accuracy, step)
+            if step % max(1, cfg.print_freq) == 0:  # ... and sceneparse's, every print_freq
+                writer.add_scalar("train/loss", loss_value, step)
+                writer.add_scalar("train/main_loss", main_value, step)
+                writer.add_scalar("train/aux_loss", aux_value, step)
+                writer.add_scalar("train/lr", lr, step)
     progress.close()
-    means = du.reduce_mean((sums / max(samples, 1)).float(), samples)
-    return {"main_loss": float(means[0]), "aux_loss": float(means[1]), "loss": float(means[2]), "lr": lr}
+    samples = max(float(epoch_sums[3]), 1.0)
+    summary = summarize(*(epoch_sums[4 + k * classes:4 + (k + 1) * classes].long().numpy() for k in range(3)),
+                        absent=absent)
+    if main_process:
+        logger.info(train_result_line(epoch + 1, cfg.epochs, summary))
+    return {
+        "main_loss": float(epoch_sums[0]) / samples,
+        "aux_loss": float(epoch_sums[1]) / samples,
+        "loss": float(epoch_sums[2]) / samples,
+        "lr": lr,
+        "train_mIoU": summary["mIoU"],
+        "train_mAcc": summary["mAcc"],
+        "train_aAcc": summary["aAcc"],
+    }
 
 
 @torch.no_grad()
@@ -183,37 +247,63 @@ def evaluate(
     ignore_label: int,
     device: torch.device,
     absent: str = DEFAULT_ABSENT,
-) -> dict[str, Any]:
+    print_freq: int = 10,
+) -> dict[str, float]:
     """Whole-crop validation: argmax of the logits resized to the label, areas summed over processes.
 
     Args:
         model: the bare model (not DDP-wrapped, so uneven shards cannot stall a collective).
         loader: this process's shard of (images (N, 3, H, W), labels int64 (N, H, W)).
         absent: "zero" (the original's averaging over all classes) or "exclude".
+        print_freq: log the original's `Test: [i/N] ...` line every this many batches (this
+            process's shard: a per-batch collective would stall on uneven shards).
     Returns:
-        {"mIoU", "mAcc", "aAcc"} in [0, 1] over the whole validation set. The original's
-        `Val result` / `Class_i Result` lines (every class) are logged on the main process.
+        {"mIoU", "mAcc", "aAcc"} in [0, 1] over the whole validation set, and "val_loss": the
+        cross-entropy (ignoring `ignore_label`) averaged over images, as the original's. The
+        original's `Val result` / `Class_i Result` lines (every class) are logged on the main process.
     """
     from training.metrics import intersection_and_union_torch, summarize
 
+    main_process = du.is_main_process()
+    logger = get_logger() if main_process else None
+    if logger:
+        logger.info(EVALUATION_START)
     was_training = model.training
     model.eval()
     areas = torch.zeros(3, num_classes, dtype=torch.int64, device=device)
-    for images, target in tqdm(loader, desc="validate", disable=not du.is_main_process(), file=sys.stderr):
+    loss_sum = torch.zeros(2, dtype=torch.float64, device=device)  # loss x images, images
+    data_time, batch_time, loss_meter = RunningAverage(), RunningAverage(), RunningAverage()
+    end = time.perf_counter()
+    for i, (images, target) in enumerate(tqdm(loader, desc="validate", disable=not main_process, file=sys.stderr)):
+        data_time.update(time.perf_counter() - end)
         images, target = images.to(device), target.to(device)
         logits = model(images)
         if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=True)
+        loss = F.cross_entropy(logits.float(), target, ignore_index=ignore_label)
         pred = logits.argmax(1)
-        areas += torch.stack(intersection_and_union_torch(pred, target, num_classes, ignore_label))
+        batch_areas = torch.stack(intersection_and_union_torch(pred, target, num_classes, ignore_label))
+        areas += batch_areas
+        n = images.size(0)
+        loss_sum += torch.stack([loss.double() * n, loss.new_tensor(float(n), dtype=torch.float64)])
+        loss_meter.update(float(loss), n)
+        batch_time.update(time.perf_counter() - end)
+        end = time.perf_counter()
+        if logger and (i + 1) % max(1, print_freq) == 0:
+            accuracy = float(batch_areas[0].sum()) / (float(batch_areas[2].sum()) + 1e-10)
+            logger.info(val_batch_line(i + 1, len(loader), data=(data_time.val, data_time.avg),
+                                       batch=(batch_time.val, batch_time.avg),
+                                       loss=(loss_meter.val, loss_meter.avg), accuracy=accuracy))
     du.all_reduce_sum(areas)
+    du.all_reduce_sum(loss_sum)
     model.train(was_training)
     summary = summarize(*areas.cpu().numpy(), absent=absent)
-    if du.is_main_process():
-        logger = get_logger()
+    val_loss = float(loss_sum[0] / loss_sum[1]) if float(loss_sum[1]) else math.nan
+    if logger:
         for line in val_result_lines(summary):
             logger.info(line)
-    return {key: summary[key] for key in ("mIoU", "mAcc", "aAcc")}
+        logger.info(EVALUATION_END)
+    return {"mIoU": summary["mIoU"], "mAcc": summary["mAcc"], "aAcc": summary["aAcc"], "val_loss": val_loss}
 
 
 # --------------------------------------------------------------------------------------------
@@ -371,6 +461,30 @@ def _open_writer(save_path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return SummaryWriter(log_dir=str(save_path))
+
+
+# The original's per-epoch TensorBoard tags -> the metrics key they show. Its `loss_train` is
+# the epoch's mean MAIN loss (without the aux term), as it logged it.
+ORIGINAL_EPOCH_TAGS = {
+    "loss_train": "main_loss", "mIoU_train": "train_mIoU", "mAcc_train": "train_mAcc", "allAcc_train": "train_aAcc",
+    "loss_val": "val_loss", "mIoU_val": "mIoU", "mAcc_val": "mAcc", "allAcc_val": "aAcc",
+}  # fmt: skip
+EPOCH_KEYS = ("loss", "main_loss", "aux_loss", "lr", "train_mIoU", "train_mAcc", "train_aAcc",
+              "val_loss", "mIoU", "mAcc", "aAcc")
+
+
+def _write_epoch_scalars(writer: Any, metrics: dict[str, Any], epoch: int) -> None:
+    """The original's per-epoch tags, and sceneparse's `epoch/*` beside them."""
+    def finite(key: str) -> bool:
+        return key in metrics and not math.isnan(metrics[key])
+
+    for tag, key in ORIGINAL_EPOCH_TAGS.items():
+        if finite(key):
+            writer.add_scalar(tag, metrics[key], epoch)
+    for key in EPOCH_KEYS:
+        if finite(key):
+            writer.add_scalar(f"epoch/{key}", metrics[key], epoch)
+    writer.flush()
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -531,17 +645,16 @@ def _train(cfg: Any, state: du.DistributedState, absent: str = DEFAULT_ABSENT) -
             autocast_dtype=autocast_dtype,
             channels_last=channels_last,
             writer=writer,
+            absent=absent,
         )
         metrics["epoch"] = epoch + 1
         if val_loader is not None:
-            metrics.update(evaluate(model_without_ddp, val_loader, cfg.classes, cfg.ignore_label, device, absent))
+            metrics.update(evaluate(model_without_ddp, val_loader, cfg.classes, cfg.ignore_label, device, absent,
+                                    print_freq=cfg.print_freq))
         metrics["seconds"] = time.perf_counter() - epoch_start
         history.append(metrics)
         if writer is not None:
-            for key in ("loss", "main_loss", "aux_loss", "lr", "mIoU", "mAcc", "aAcc"):
-                if key in metrics and not math.isnan(metrics[key]):
-                    writer.add_scalar(f"epoch/{key}", metrics[key], epoch + 1)
-            writer.flush()
+            _write_epoch_scalars(writer, metrics, epoch + 1)
         if du.is_main_process():
             summary = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("loss", "mIoU", "mAcc", "aAcc") if k in metrics)
             tqdm.write(f"epoch {epoch + 1}/{cfg.epochs}: {summary}", file=sys.stderr)

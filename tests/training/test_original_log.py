@@ -93,3 +93,49 @@ def test_validation_averages_over_all_classes_and_logs_the_val_lines(capsys):
     excluded = evaluate(model, loader, 4, 255, torch.device("cpu"), absent="exclude")
     assert excluded["mIoU"] == pytest.approx((2 / 3 + 3 / 5 + 0) / 3)
     assert excluded["mAcc"] == pytest.approx((2 / 3 + 3 / 4) / 2)
+
+
+def test_a_training_run_logs_and_writes_what_the_original_did(synthetic_dataset, tmp_path, capsys):
+    """2 iterations + validation: the per-iteration and per-epoch lines, and the original's
+    TensorBoard tags beside sceneparse's, agree with the checkpoint's figures."""
+    from tests.training.test_train import _overrides, _tensorboard_scalars
+    from training.config import config_path
+    from training.train import main
+
+    overrides = _overrides(synthetic_dataset, tmp_path, samples=4, evaluate=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["--config", str(config_path("synthetic/synthetic_pspnet18")), *overrides]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    metrics = torch.load(tmp_path / "run" / "final.pth", weights_only=True)["metrics"]
+
+    number = r"(\d+\.\d{4})"
+    lines = re.findall(r"\] Epoch: \[1/1\]\[(\d)/2\] Data \d+\.\d{3} \(\d+\.\d{3}\) Batch \d+\.\d{3} \(\d+\.\d{3}\) "
+                       rf"Remain \d\d:\d\d:\d\d MainLoss {number} AuxLoss {number} Loss {number} Accuracy {number}\.\n",
+                       err)
+    assert [line[0] for line in lines] == ["1", "2"]
+    for _, main_loss, aux_loss, loss, accuracy in lines:
+        assert float(loss) == pytest.approx(float(main_loss) + 0.4 * float(aux_loss), abs=2e-4)
+        assert 0.0 <= float(accuracy) <= 1.0
+    assert (f"] Train result at epoch [1/1]: mIoU/mAcc/allAcc {metrics['train_mIoU']:.4f}/"
+            f"{metrics['train_mAcc']:.4f}/{metrics['train_aAcc']:.4f}.\n") in err
+    assert "] >>>>>>>>>>>>>>>> Start Evaluation >>>>>>>>>>>>>>>>\n" in err
+    assert f"] Val result: mIoU/mAcc/allAcc {metrics['mIoU']:.4f}/{metrics['mAcc']:.4f}/{metrics['aAcc']:.4f}.\n" in err
+    assert err.count(" Result: iou/accuracy ") == 6 and "] <<<<<<<<<<<<<<<<< End Evaluation <<<<<<<<<<<<<<<<<\n" in err
+    assert re.search(r"\] Test: \[1/\d+\] Data .* Loss \d+\.\d{4} \(\d+\.\d{4}\) Accuracy", err)
+    assert metrics["val_loss"] > 0 and 0.0 <= metrics["train_mIoU"] <= 1.0
+
+    scalars = _tensorboard_scalars(tmp_path / "run")
+    for tag in ("loss_train_batch", "mIoU_train_batch", "mAcc_train_batch", "allAcc_train_batch"):
+        assert sorted(scalars[tag]) == [1, 2], tag
+    assert scalars["loss_train_batch"][2] == pytest.approx(float(lines[1][1]), abs=1e-4)  # the MAIN loss
+    assert scalars["allAcc_train_batch"][2] == pytest.approx(float(lines[1][4]), abs=1e-4)
+    epoch_tags = {"loss_train": "main_loss", "mIoU_train": "train_mIoU", "mAcc_train": "train_mAcc",
+                  "allAcc_train": "train_aAcc", "loss_val": "val_loss", "mIoU_val": "mIoU", "mAcc_val": "mAcc",
+                  "allAcc_val": "aAcc"}
+    for tag, key in epoch_tags.items():
+        assert scalars[tag] == {1: pytest.approx(metrics[key], abs=1e-6)}, tag
+    assert {"train/loss", "train/lr", "epoch/loss", "epoch/mIoU", "epoch/val_loss"} <= set(scalars)  # kept
