@@ -12,8 +12,10 @@ This is the original project's test protocol, written once in numpy so that the 
   scales, and the argmax is the label.
 
 Unlike the original, all windows (and their flips) of all scales are sent to the runner in as few
-calls as its `max_batch_size` allows. Arrays are float32 throughout; probabilities are kept as
-(h, w, classes), so that sums and the final argmax run over contiguous class vectors.
+calls as its `max_batch_size` and `BATCH_LOGITS_BYTES` allow, and the last step runs a band of
+rows at a time (serving/stitching.py) with the same arithmetic, so memory is bounded by the
+processing resolution, never by the image's size. Arrays are float32 throughout; probabilities
+are kept as (h, w, classes), so that sums and the final argmax run over contiguous class vectors.
 """
 
 from __future__ import annotations
@@ -26,7 +28,16 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.cancellation import Check, never_cancelled
+from serving.resize import resize_bilinear
 from serving.softmax import channel_softmax_nhwc
+from serving.stitching import ProbabilityField
+
+FLOAT32 = 4
+# Crop-size float32 logits one batch may hold (the softmax output is as large again): with 150
+# classes at 473x473 a window alone is just over this, so such a model runs one window at a time,
+# while 19 classes at 713 (Cityscapes) still get three and the tiny test models their max batch.
+BATCH_LOGITS_BYTES = 128 * 1024 * 1024
 
 
 class Runner(Protocol):
@@ -101,35 +112,6 @@ def window_origins(h: int, w: int, crop_h: int, crop_w: int, stride_rate: float 
     return origins
 
 
-def _linear_taps(out_size: int, in_size: int, align_corners: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if align_corners:
-        scale = (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
-        src = np.arange(out_size, dtype=np.float64) * scale
-    else:
-        # Half-pixel centres, as cv2.INTER_LINEAR and PyTorch's align_corners=False.
-        src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
-        src = np.clip(src, 0.0, None)
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    hi = np.minimum(lo + 1, in_size - 1)
-    frac = (src - lo).astype(np.float32)
-    return lo, hi, frac
-
-
-def resize_bilinear(array: np.ndarray, size: tuple[int, int], align_corners: bool = False) -> np.ndarray:
-    """Bilinearly resize the first two axes of `array` (H, W, ...) to `size` = (h, w); float32 out."""
-    array = np.asarray(array, dtype=np.float32)
-    out_h, out_w = size
-    in_h, in_w = array.shape[:2]
-    if (in_h, in_w) == (out_h, out_w):
-        return array
-    lo, hi, frac = _linear_taps(out_h, in_h, align_corners)
-    frac = frac.reshape((-1,) + (1,) * (array.ndim - 1))
-    rows = array[lo] * (1.0 - frac) + array[hi] * frac
-    lo, hi, frac = _linear_taps(out_w, in_w, align_corners)
-    frac = frac.reshape((1, -1) + (1,) * (array.ndim - 2))
-    return rows[:, lo] * (1.0 - frac) + rows[:, hi] * frac
-
-
 # --- the pipeline ----------------------------------------------------------------------------
 def normalize(image: np.ndarray, spec: PipelineSpec) -> np.ndarray:
     """(H, W, 3) RGB pixels 0-255 -> (3, H, W) float32 normalised with the model's mean/std."""
@@ -138,14 +120,25 @@ def normalize(image: np.ndarray, spec: PipelineSpec) -> np.ndarray:
     return ((np.asarray(image, dtype=np.float32) - mean) / std).transpose(2, 0, 1)
 
 
-def predict_probabilities(
+def windows_per_batch(max_batch_size: int, num_classes: int, crop_h: int, crop_w: int,
+                      logits_bytes: int | None = None) -> int:
+    """How many windows go to the runner at once: at most `max_batch_size`, and at most as many as
+    keep the batch's crop-size float32 logits within `logits_bytes` (default BATCH_LOGITS_BYTES);
+    at least one."""
+    budget = BATCH_LOGITS_BYTES if logits_bytes is None else int(logits_bytes)
+    per_window = num_classes * crop_h * crop_w * FLOAT32
+    return max(1, min(int(max_batch_size), budget // per_window))
+
+
+def window_probabilities(
     image: np.ndarray,
     runner: Runner,
     spec: PipelineSpec,
     options: InferenceOptions = InferenceOptions(),
     stats: PipelineStats | None = None,
-) -> np.ndarray:
-    """Class probabilities for one image.
+    check: Check = never_cancelled,
+) -> ProbabilityField:
+    """Every scale's probabilities, averaged over its windows and flips, at its processing resolution.
 
     Args:
         image: (H, W, 3) RGB, uint8 or float in 0-255.
@@ -153,8 +146,9 @@ def predict_probabilities(
         spec: crop size, classes, mean/std, base size.
         options: scales, flip, stride rate.
         stats: optional, filled with tile count and per-stage seconds.
+        check: called before each batch; raises to stop the work (serving/cancellation.py).
     Returns:
-        (H, W, num_classes) float32, the probabilities averaged over windows, flips and scales.
+        a `ProbabilityField` that gives the probabilities at the image size, a band at a time.
     """
     if image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
@@ -171,6 +165,7 @@ def predict_probabilities(
         new_h, new_w = scaled_size(height, width, spec.base_size, scale)
         scaled = resize_bilinear(image, (new_h, new_w))
         normalised = normalize(scaled, spec)
+        del scaled
         pad_h, pad_w = max(crop_h - new_h, 0), max(crop_w - new_w, 0)
         top, left = pad_h // 2, pad_w // 2
         if pad_h or pad_w:
@@ -185,11 +180,14 @@ def predict_probabilities(
     stats.tiles += len(jobs)
     stats.seconds["preprocess"] += time.perf_counter() - tick
 
-    # 2. Inference in batches of at most max_batch_size, accumulated as soon as they return. A
-    # window and its flip are summed unweighted; the division by 2 x (windows covering a pixel)
-    # at the end is the original's (flip average) / count.
-    batch_size = max(1, int(runner.max_batch_size))
+    # 2. Inference in batches, accumulated as soon as they return. A batch is at most the runner's
+    # max_batch_size and at most BATCH_LOGITS_BYTES of logits: with 150 classes at 473x473 one
+    # window's logits are 128 MiB, and its softmax as much again. A window and its flip are summed
+    # unweighted; the division by 2 x (windows covering a pixel) below is the original's
+    # (flip average) / count.
+    batch_size = windows_per_batch(runner.max_batch_size, classes, crop_h, crop_w)
     for start in range(0, len(jobs), batch_size):
+        check()
         chunk = jobs[start:start + batch_size]
         tick = time.perf_counter()
         batch = np.empty((len(chunk), 3, crop_h, crop_w), dtype=np.float32)
@@ -199,6 +197,7 @@ def predict_probabilities(
         stats.seconds["preprocess"] += time.perf_counter() - tick
         tick = time.perf_counter()
         logits = np.asarray(runner(batch), dtype=np.float32)
+        del batch
         stats.seconds["inference"] += time.perf_counter() - tick
         stats.batches += 1
         tick = time.perf_counter()
@@ -208,24 +207,28 @@ def predict_probabilities(
             logits = resize_bilinear(logits.transpose(2, 3, 0, 1), (crop_h, crop_w), align_corners=True)
             logits = np.ascontiguousarray(logits.transpose(2, 3, 0, 1))
         probs = channel_softmax_nhwc(logits)  # (N, crop_h, crop_w, classes)
+        del logits
         for i, (level, oy, ox, flipped) in enumerate(chunk):
             p = probs[i][:, ::-1] if flipped else probs[i]
             sums[level][oy:oy + crop_h, ox:ox + crop_w] += p
             if not flipped:
                 counts[level][oy:oy + crop_h, ox:ox + crop_w] += 1.0
+        del probs
         stats.seconds["stitch"] += time.perf_counter() - tick
 
-    # 3. Stitch: average overlaps, cut the padding, back to the image size, average scales.
+    # 3. Average the overlaps and cut the padding, in place at the processing resolution; bringing
+    # them to the image size and averaging the scales is the field's, a band at a time.
+    check()
     tick = time.perf_counter()
     passes = 2.0 if options.flip else 1.0
-    total = np.zeros((height, width, classes), dtype=np.float32)
+    averaged = []
     for level, (_, (top, left, new_h, new_w), _) in enumerate(levels):
         inverse = 1.0 / (passes * counts[level][top:top + new_h, left:left + new_w, None])
-        averaged = sums[level][top:top + new_h, left:left + new_w] * inverse
-        total += resize_bilinear(averaged, (height, width))
-    total /= len(levels)
+        view = sums[level][top:top + new_h, left:left + new_w]
+        view *= inverse
+        averaged.append(view)
     stats.seconds["stitch"] += time.perf_counter() - tick
-    return total
+    return ProbabilityField(averaged, height, width)
 
 
 def predict_label(
@@ -234,16 +237,40 @@ def predict_label(
     spec: PipelineSpec,
     options: InferenceOptions = InferenceOptions(),
     stats: PipelineStats | None = None,
+    check: Check = never_cancelled,
 ) -> np.ndarray:
-    """(H, W) class ids (uint8 when the classes fit, else int32) for one RGB image; see predict_probabilities."""
-    probs = predict_probabilities(image, runner, spec, options, stats)
+    """(H, W) class ids (uint8 when the classes fit, else int32) for one RGB image.
+
+    The argmax of the probabilities averaged over windows, flips and scales, made a band of rows
+    at a time (serving/stitching.py): no full-size (H, W, classes) array is ever held. `check`
+    runs before each batch and each band.
+    """
+    field = window_probabilities(image, runner, spec, options, stats, check)
     tick = time.perf_counter()
-    label = probs.argmax(axis=2)
-    label = label.astype(np.uint8 if spec.num_classes <= 256 else np.int32)
+    label = field.label(check)
     if stats is not None:
         stats.seconds["stitch"] += time.perf_counter() - tick
     return label
 
+
+def predict_probabilities(
+    image: np.ndarray,
+    runner: Runner,
+    spec: PipelineSpec,
+    options: InferenceOptions = InferenceOptions(),
+    stats: PipelineStats | None = None,
+) -> np.ndarray:
+    """(H, W, num_classes) float32 probabilities averaged over windows, flips and scales.
+
+    Holds the whole array: for small images, tests and calibration. Serving uses `predict_label`
+    or `window_probabilities(...).bands()`, which never do.
+    """
+    field = window_probabilities(image, runner, spec, options, stats)
+    tick = time.perf_counter()
+    probabilities = field.full()
+    if stats is not None:
+        stats.seconds["stitch"] += time.perf_counter() - tick
+    return probabilities
 
 def validate_scales(scales: Sequence[float], allowed_max: int = 6) -> tuple[float, ...]:
     """Check user-supplied scales: 1..allowed_max values, each within [0.25, 2.0]."""

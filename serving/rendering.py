@@ -15,11 +15,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from serving.cancellation import Check, never_cancelled
 from serving.class_filter import filter_label, kept_mask
 from serving.repository import ModelMetadata
 
 # zlib level 3 is within a few percent of level 6 in size on label maps and several times faster.
 PNG_COMPRESS_LEVEL = 3
+# Pixels of one band of the overlay: its float32 working copies (photo, colours, their blend: 12
+# bytes per pixel each) stay within a few MiB whatever the image's size.
+BAND_PIXELS = 256 * 1024
 
 
 def palette_array(palette: list[list[int]], num_classes: int) -> np.ndarray:
@@ -62,17 +66,26 @@ def label_image(label: np.ndarray) -> Image.Image:
 
 
 def overlay(image: np.ndarray, label: np.ndarray, palette: list[list[int]], alpha: float,
-            chosen: Sequence[int] | None = None) -> np.ndarray:
+            chosen: Sequence[int] | None = None, check: Check = never_cancelled) -> np.ndarray:
     """The mask blended on the photo: (1 - alpha) * photo + alpha * colour; (H, W, 3) uint8.
 
     With `chosen`, only those classes' pixels are blended; the others keep the photo as it is
-    (the blended pixels are exactly those of the unfiltered overlay).
+    (the blended pixels are exactly those of the unfiltered overlay). Blended a band of rows at a
+    time (`check` runs before each), so the float32 copies are a band's, not the image's.
     """
-    blended = (1.0 - alpha) * image.astype(np.float32) + alpha * color_mask(label, palette).astype(np.float32)
-    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    if chosen is not None:
-        blended = np.where(kept_mask(label, chosen)[..., None], blended, image)
-    return blended
+    height, width = label.shape
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    step = max(1, BAND_PIXELS // max(1, width))
+    for start in range(0, height, step):
+        check()
+        rows = slice(start, min(start + step, height))
+        blended = ((1.0 - alpha) * image[rows].astype(np.float32)
+                   + alpha * color_mask(label[rows], palette).astype(np.float32))
+        blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+        if chosen is not None:
+            blended = np.where(kept_mask(label[rows], chosen)[..., None], blended, image[rows])
+        out[rows] = blended
+    return out
 
 
 def confidence_image(confidence: np.ndarray, label: np.ndarray, chosen: Sequence[int] | None = None) -> Image.Image:
@@ -98,14 +111,19 @@ PNG_KINDS = ("color", "label", "overlay", "confidence")
 
 
 def render_png(kind: str, image: np.ndarray, label: np.ndarray, meta: ModelMetadata, alpha: float = 0.5,
-               chosen: Sequence[int] | None = None, confidence: np.ndarray | None = None) -> bytes:
-    """PNG bytes of one output kind: "color", "label", "overlay" or "confidence" (needs `confidence`)."""
+               chosen: Sequence[int] | None = None, confidence: np.ndarray | None = None,
+               check: Check = never_cancelled) -> bytes:
+    """PNG bytes of one output kind: "color", "label", "overlay" or "confidence" (needs `confidence`).
+
+    `check` runs before it starts and between the overlay's bands (serving/cancellation.py).
+    """
+    check()
     if kind == "color":
         return encode_png(color_image(label, meta.palette, chosen))
     if kind == "label":
         return encode_png(label_image(filter_label(label, chosen, meta.num_classes)))
     if kind == "overlay":
-        return encode_png(overlay(image, label, meta.palette, alpha, chosen))
+        return encode_png(overlay(image, label, meta.palette, alpha, chosen, check))
     if kind == "confidence":
         if confidence is None:
             raise ValueError("the confidence output needs the pipeline's confidence map")

@@ -7,26 +7,15 @@ round(255 * p), 8 bits) when an output needs it.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
-from serving.pipeline import (
-    InferenceOptions,
-    PipelineSpec,
-    PipelineStats,
-    Runner,
-    predict_label,
-    predict_probabilities,
-)
+from serving.cancellation import Check, never_cancelled
+from serving.pipeline import InferenceOptions, PipelineSpec, PipelineStats, Runner, predict_label, window_probabilities
 from serving.repository import ModelMetadata
-
-
-class RequestCancelled(Exception):
-    """The request's deadline passed; the rest of its batches are not run."""
 
 
 @dataclass(frozen=True)
@@ -45,20 +34,6 @@ class SegmentOptions:
 
     def pipeline_options(self) -> InferenceOptions:
         return InferenceOptions(scales=self.scales, flip=self.flip, stride_rate=self.stride_rate)
-
-
-class CancellableRunner:
-    """Wraps a runner so a cancelled request stops before its next batch."""
-
-    def __init__(self, runner: Runner, cancelled: threading.Event):
-        self.runner = runner
-        self.cancelled = cancelled
-        self.max_batch_size = runner.max_batch_size
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        if self.cancelled.is_set():
-            raise RequestCancelled("the request's deadline passed")
-        return self.runner(batch)
 
 
 def inference_size(height: int, width: int, max_side: int | None) -> tuple[int, int]:
@@ -108,15 +83,26 @@ def confidence_levels(winning: np.ndarray) -> np.ndarray:
 
 
 def _from_probabilities(image: np.ndarray, runner: Runner, spec: PipelineSpec, options: InferenceOptions,
-                        stats: PipelineStats, confidence: bool,
-                        probabilities: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """(label, confidence or None, (classes, h, w) float16 probabilities or None) at the inference size."""
-    probs = predict_probabilities(image, runner, spec, options, stats)
+                        stats: PipelineStats, confidence: bool, probabilities: bool,
+                        check: Check) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """(label, confidence or None, (classes, h, w) float16 probabilities or None) at the inference size.
+
+    All three come from one pass over the probabilities, a band of rows at a time
+    (serving/stitching.py): no full-size float32 (h, w, classes) array is held.
+    """
+    field = window_probabilities(image, runner, spec, options, stats, check)
     tick = time.perf_counter()
-    label = probs.argmax(axis=2).astype(np.uint8 if spec.num_classes <= 256 else np.int32)
-    # The max is the argmax's own value: the winner's probability.
-    levels = confidence_levels(probs.max(axis=2)) if confidence else None
-    planes = np.ascontiguousarray(probs.astype(np.float16).transpose(2, 0, 1)) if probabilities else None
+    height, width, classes = field.height, field.width, field.num_classes
+    label = np.empty((height, width), dtype=np.uint8 if classes <= 256 else np.int32)
+    levels = np.empty((height, width), dtype=np.uint8) if confidence else None
+    planes = np.empty((classes, height, width), dtype=np.float16) if probabilities else None
+    for rows, probs in field.bands(check):
+        label[rows] = probs.argmax(axis=2)
+        if levels is not None:
+            # The max is the argmax's own value: the winner's probability.
+            levels[rows] = confidence_levels(probs.max(axis=2))
+        if planes is not None:
+            planes[:, rows] = probs.astype(np.float16).transpose(2, 0, 1)
     stats.seconds["stitch"] += time.perf_counter() - tick
     return label, levels, planes
 
@@ -130,8 +116,12 @@ def segment(
     spec: PipelineSpec | None = None,
     confidence: bool = False,
     probabilities: bool = False,
+    check: Check = never_cancelled,
 ) -> Prediction:
     """`segment_image`'s label map, and what else is asked for, as a Prediction.
+
+    `check` runs at every stage boundary (each resize, each batch, each band of the stitch) and
+    raises `RequestCancelled` to stop the work (serving/cancellation.py).
 
     `confidence`: the (H, W) uint8 confidence map; `probabilities`: the (classes, H, W) float16
     probabilities (offline outputs only: they cost 2 bytes per pixel and class). Both are
@@ -145,16 +135,19 @@ def segment(
     small_size = inference_size(height, width, max_side)
     small = image
     if small_size != (height, width):
+        check()
         tick = time.perf_counter()
         small = resize_image(image, small_size)
         stats.seconds["preprocess"] += time.perf_counter() - tick
     levels = planes = None
     if confidence or probabilities:
         label, levels, planes = _from_probabilities(small, runner, spec, options.pipeline_options(), stats,
-                                                    confidence, probabilities)
+                                                    confidence, probabilities, check)
     else:
-        label = predict_label(small, runner, spec, options.pipeline_options(), stats)
+        label = predict_label(small, runner, spec, options.pipeline_options(), stats, check)
+    del small
     if small_size != (height, width):
+        check()
         tick = time.perf_counter()
         label = resize_label_nearest(label, (height, width))
         levels = resize_label_nearest(levels, (height, width)) if levels is not None else None
@@ -170,6 +163,7 @@ def segment_image(
     options: SegmentOptions,
     stats: PipelineStats | None = None,
     spec: PipelineSpec | None = None,
+    check: Check = never_cancelled,
 ) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (H, W) class ids (uint8 up to 256 classes, else int32).
 
@@ -180,4 +174,4 @@ def segment_image(
     image of the dataset's own size (Cityscapes 2048x1024, base_size 2048) gets exactly the
     label map that evaluation writes for it.
     """
-    return segment(image, runner, meta, options, stats, spec).label
+    return segment(image, runner, meta, options, stats, spec, check=check).label

@@ -18,9 +18,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serving.admission import RequestTooCostly, UploadsFull
 from serving.backends.base import BackendBusy, BackendUnavailable
+from serving.cancellation import RequestCancelled
 from serving.imaging import ImageError
 from serving.repository import ModelNotFoundError, RepositoryError
-from serving.segmentation import RequestCancelled
 from serving.workers import DeadlineExceeded, QueueFull
 
 log = logging.getLogger(__name__)

@@ -19,6 +19,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.backends.base import Backend, ModelRunner
+from serving.pipeline import windows_per_batch
 from serving.repository import ModelMetadata, ModelRepository, RepositoryError
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,11 @@ class OnnxRuntimeRunner(ModelRunner):
     (2 GiB for PSPNet-101 at 713x713, batch 8) while the GPU, or the CPU cores the intra-op pool
     already uses, would not finish either sooner. The gateway's other workers meanwhile decode,
     cut windows, stitch and encode.
+
+    A batch larger than `run_batch` (the pipeline's `windows_per_batch`: at most 128 MiB of
+    logits) is run in slices of that size, whoever sends it (a warm-up at max_batch_size, a
+    client of the runner other than the pipeline): the session's activations, which its arena
+    keeps for the life of the session, are then those of one slice.
     """
 
     def __init__(self, meta: ModelMetadata, session: ort.InferenceSession):
@@ -83,14 +89,26 @@ class OnnxRuntimeRunner(ModelRunner):
                         meta.precision, inputs[meta.input_name].type)
         self.input_dtype = np.float16 if graph_fp16 else np.float32
         self.providers = session.get_providers()
+        self.run_batch = windows_per_batch(meta.max_batch_size, meta.num_classes, meta.crop_h, meta.crop_w)
         self._run_lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """float32 (N, 3, crop_h, crop_w), N <= max_batch_size -> float32 logits (N, C, h, w)."""
         if batch.ndim != 4 or batch.shape[0] > self.max_batch_size:
             raise ValueError(f"batch of shape {batch.shape} exceeds max_batch_size {self.max_batch_size} or is not NCHW")
+        if batch.shape[0] <= self.run_batch:
+            return self._run(batch)
+        out = None
+        for start in range(0, batch.shape[0], self.run_batch):
+            logits = self._run(batch[start:start + self.run_batch])
+            if out is None:
+                out = np.empty((batch.shape[0], *logits.shape[1:]), dtype=np.float32)
+            out[start:start + len(logits)] = logits
+        return out
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self.meta.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
-        with self._run_lock:
+        with self._run_lock:  # per slice: another request's slice may run between two of ours
             (logits,) = self.session.run([self.meta.output_name], feed)
         return logits.astype(np.float32, copy=False)
 

@@ -15,6 +15,7 @@ from serving.backends.base import BackendUnavailable
 from serving.backends.onnxruntime import OnnxRuntimeBackend, OnnxRuntimeRunner
 from serving.main import create_app
 from serving.settings import Settings
+from serving.stitching import ProbabilityField
 from tests.serving.conftest import encode, scene_array
 from tests.serving.test_imaging import raw_png
 
@@ -232,6 +233,33 @@ def test_deadline_is_504_and_the_rest_of_the_work_is_dropped(gated, gateway_sour
     batches = -(-full.json()["tiles"] // meta.max_batch_size)
     assert batches >= 2 and backend.calls == 1 + batches
     assert 'sceneparse_rejected_requests_total{reason="deadline"} 1.0' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("gated", [1.5], indirect=True)
+@pytest.mark.parametrize("output", ["overlay", "json"])
+def test_past_its_deadline_a_request_stops_at_the_next_stage_not_after_the_last_batch(gated, monkeypatch, output):
+    """Issue 10 item 4: the last batch returns after the deadline; no band is stitched, nothing is
+    resized or rendered, and the worker is free at once."""
+    client, backend = gated
+    gateway = client.app.state.gateway
+    bands, renders = [], []
+    rows = ProbabilityField.rows
+    monkeypatch.setattr(ProbabilityField, "rows", lambda self, *a: bands.append(a) or rows(self, *a))
+    monkeypatch.setattr("serving.api.routes.segment.render_png", lambda *a, **k: renders.append(a) or b"")
+    # One batch: 2 crops (one scale, no flip); 300x200 is shrunk for inference and its label resized.
+    params = {"flip": "false", "scales": "1.0", "output": output, "png": "overlay", "max_side": 100}
+    response = client.post("/v1/segment", params=params, content=encode(scene_array(200, 300)))
+    assert_error(response, 504, "deadline_exceeded")
+    assert backend.entered.is_set() and backend.calls == 0
+    backend.gate.set()  # the batch inside the runner finishes, after the deadline
+    started = time.monotonic()
+    wait_until(lambda: gateway.pool.admitted == 0, timeout=5)
+    assert time.monotonic() - started < 1.0
+    assert backend.calls == 1 and bands == [] and renders == []
+    # The same request within its deadline does all of it.
+    gateway.settings.request_timeout = 30.0
+    assert client.post("/v1/segment", params=params, content=encode(scene_array(200, 300))).status_code == 200
+    assert bands and renders
 
 
 def test_backend_unavailable_is_503_and_recovers(gated, scene_png, caplog):

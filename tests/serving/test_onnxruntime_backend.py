@@ -43,6 +43,35 @@ def test_runner_matches_a_plain_session(gateway_source_repository, model_name):
     runner.close()
 
 
+class RecordingSession:
+    """The real session, with the batch size of every run recorded."""
+
+    def __init__(self, session):
+        self.session = session
+        self.runs: list[int] = []
+
+    def run(self, outputs, feed):
+        self.runs.append(next(iter(feed.values())).shape[0])
+        return self.session.run(outputs, feed)
+
+
+def test_a_batch_over_the_logits_budget_runs_in_slices(gateway_source_repository, model_name, monkeypatch):
+    meta = gateway_source_repository.read_metadata(model_name)
+    assert meta.max_batch_size >= 3
+    per_window = meta.num_classes * meta.crop_h * meta.crop_w * 4
+    monkeypatch.setattr("serving.pipeline.BATCH_LOGITS_BYTES", 2 * per_window)
+    runner = OnnxRuntimeBackend(device="cpu", threads=1).open(gateway_source_repository, meta)
+    assert runner.run_batch == 2
+    runner.session = RecordingSession(runner.session)
+    batch = random_batch(meta, meta.max_batch_size, seed=3)
+    logits = runner(batch)
+    assert runner.session.runs == [2] * (meta.max_batch_size // 2) + [1] * (meta.max_batch_size % 2)
+    expected = reference_logits(gateway_source_repository.model_file(model_name, meta.version), meta, batch)
+    assert logits.dtype == np.float32 and logits.shape == expected.shape
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+    runner.close()
+
+
 def test_session_options_suit_the_machine():
     backend = create_backend(Settings(ort_device="cpu"))
     options = backend.session_options()

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from serving.rendering import class_summary, color_image, encode_png, label_image, legend, overlay, render_png
+from serving.cancellation import Checkpoint, RequestCancelled
+from serving.rendering import (
+    class_summary,
+    color_image,
+    color_mask,
+    encode_png,
+    label_image,
+    legend,
+    overlay,
+    render_png,
+)
 from serving.repository import ModelMetadata
 from serving.segmentation import inference_size, resize_label_nearest
 
@@ -45,6 +56,32 @@ def test_overlay_blends_with_alpha():
     full = overlay(photo, LABEL, META.palette, 1.0)
     assert full[0, 0].tolist() == [255, 0, 0]
     assert overlay(photo, LABEL, META.palette, 0.5)[0, 1].tolist() == [50, 178, 50]  # (100 + 255) / 2 = 177.5 -> 178
+
+
+def test_the_overlay_in_bands_equals_the_whole_image_blend_and_stops_at_a_deadline(monkeypatch):
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, size=(123, 77, 3), dtype=np.uint8)
+    label = rng.integers(0, 4, size=(123, 77), dtype=np.uint8)  # 3 is past the palette: black
+    whole = (0.3 * photo.astype(np.float32) + 0.7 * color_mask(label, META.palette).astype(np.float32))
+    expected = np.clip(np.rint(whole), 0, 255).astype(np.uint8)
+    monkeypatch.setattr("serving.rendering.BAND_PIXELS", 77 * 10)  # 10 rows a band: 13 bands
+    assert np.array_equal(overlay(photo, label, META.palette, 0.7), expected)
+    cancelled = threading.Event()
+    checkpoint = Checkpoint(cancelled)
+    cancelled.set()
+    with pytest.raises(RequestCancelled):
+        render_png("overlay", photo, label, META, 0.5, checkpoint)
+    assert checkpoint.checks == 1
+    calls = []
+
+    def cancel_on_third_band():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RequestCancelled("deadline")
+
+    with pytest.raises(RequestCancelled):
+        overlay(photo, label, META.palette, 0.5, cancel_on_third_band)
+    assert len(calls) == 3
 
 
 def test_render_png_kinds_and_unknown_kind():

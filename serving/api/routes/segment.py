@@ -23,6 +23,7 @@ from serving.admission import MIB, RequestTooCostly, UploadsFull, estimate_cost,
 from serving.api.deps import API_KEY_DEPENDENCIES, GatewayDep
 from serving.api.errors import ApiError
 from serving.backends.base import BackendBusy
+from serving.cancellation import Checkpoint
 from serving.class_filter import ClassFilterError, parse_classes
 from serving.coco import rle_document
 from serving.gateway import Gateway
@@ -30,7 +31,7 @@ from serving.imaging import decode_image, open_image
 from serving.models import LoadedModel
 from serving.pipeline import PipelineStats, validate_scales
 from serving.rendering import base64_png, class_summary, render_png
-from serving.segmentation import CancellableRunner, SegmentOptions
+from serving.segmentation import SegmentOptions
 from serving.segmentation import segment as run_pipeline
 from serving.workers import DeadlineExceeded, QueueFull
 
@@ -237,23 +238,29 @@ def _segment_job(data: bytes, loaded: LoadedModel, options: SegmentOptions, para
                  chosen: tuple[int, ...] | None,
                  max_pixels: int) -> Callable[[threading.Event], tuple[bytes, str, dict[str, float], int]]:
     """The work of one request, for a worker thread: decode, pipeline, encode; returns
-    (body, media type, seconds per stage, tiles)."""
+    (body, media type, seconds per stage, tiles).
+
+    Once the deadline passes (`cancelled` is set) the work stops at its next stage boundary: after
+    the decode, before each batch, resize, band of the stitch, output and band of rendering.
+    """
     meta = loaded.meta
     pngs = _png_kinds(params)
 
     def job(cancelled: threading.Event) -> tuple[bytes, str, dict[str, float], int]:
+        check = Checkpoint(cancelled)
         seconds: dict[str, float] = {}
         tick = time.perf_counter()
         image = decode_image(data, max_pixels)
         seconds["decode"] = time.perf_counter() - tick
         stats = PipelineStats()
-        prediction = run_pipeline(image, CancellableRunner(loaded.runner, cancelled), meta, options, stats, loaded.spec,
-                             confidence="confidence" in pngs)
+        prediction = run_pipeline(image, loaded.runner, meta, options, stats, loaded.spec,
+                                  confidence="confidence" in pngs, check=check)
         label = prediction.label
+        check()
         tick = time.perf_counter()
 
         def png(kind: str) -> bytes:
-            return render_png(kind, image, label, meta, params.alpha, chosen, prediction.confidence)
+            return render_png(kind, image, label, meta, params.alpha, chosen, prediction.confidence, check)
 
         if params.output == "json":
             body = _json_bytes({
