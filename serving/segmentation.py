@@ -14,7 +14,14 @@ import numpy as np
 from PIL import Image
 
 from serving.cancellation import Check, never_cancelled
-from serving.pipeline import InferenceOptions, PipelineSpec, PipelineStats, Runner, predict_label, window_probabilities
+from serving.pipeline import (
+    InferenceOptions,
+    PipelineSpec,
+    PipelineStats,
+    Runner,
+    predict_label,
+    window_probabilities,
+)
 from serving.repository import ModelMetadata
 
 

@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     # --- ONNX Runtime ------------------------------------------------------------------------
     ort_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the CUDA provider is present")
     ort_threads: int = Field(0, ge=0, description="intra-op threads per session; 0: the cores this process may use")
+    ort_cpu_arena: bool = Field(
+        True, description="ONNX Runtime's CPU memory arena: keeps the largest run's activations for the session's life")
     gpu_mem_limit_mb: int = Field(3072, ge=256, description="CUDA arena limit of one session (MiB)")
     cuda_device_id: int = Field(0, ge=0, description="GPU index for the CUDA provider")
 

@@ -16,6 +16,7 @@ def create_backend(settings: Settings) -> Backend:
             threads=settings.intra_op_threads,
             gpu_mem_limit_mb=settings.gpu_mem_limit_mb,
             device_id=settings.cuda_device_id,
+            cpu_arena=settings.ort_cpu_arena,
         )
     if settings.backend == "triton":
         from serving.backends.triton import TritonBackend

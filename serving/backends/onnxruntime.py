@@ -106,6 +106,12 @@ class OnnxRuntimeRunner(ModelRunner):
             out[start:start + len(logits)] = logits
         return out
 
+    def warm_up(self) -> None:
+        """One run of the largest batch the session ever sees: `run_batch` zero crops (a request's
+        batch is never larger, and max_batch_size would only run as that many slices)."""
+        meta = self.meta
+        self(np.zeros((self.run_batch, 3, meta.crop_h, meta.crop_w), dtype=np.float32))
+
     def _run(self, batch: np.ndarray) -> np.ndarray:
         feed = {self.meta.input_name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
         with self._run_lock:  # per slice: another request's slice may run between two of ours
@@ -122,9 +128,11 @@ class OnnxRuntimeBackend(Backend):
 
     kind = "onnxruntime"
 
-    def __init__(self, device: str = "auto", threads: int = 1, gpu_mem_limit_mb: int = 3072, device_id: int = 0):
+    def __init__(self, device: str = "auto", threads: int = 1, gpu_mem_limit_mb: int = 3072, device_id: int = 0,
+                 cpu_arena: bool = True):
         self.device = device
         self.threads = max(1, int(threads))
+        self.cpu_arena = bool(cpu_arena)
         self.gpu_mem_limit_mb = gpu_mem_limit_mb
         self.providers = choose_providers(device, gpu_mem_limit_mb, device_id)
 
@@ -139,6 +147,7 @@ class OnnxRuntimeBackend(Backend):
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3  # warnings about unused initialisers etc. are noise here
+        options.enable_cpu_mem_arena = self.cpu_arena
         return options
 
     def open(self, repository: ModelRepository, meta: ModelMetadata) -> OnnxRuntimeRunner:

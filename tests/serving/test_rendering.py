@@ -70,7 +70,7 @@ def test_the_overlay_in_bands_equals_the_whole_image_blend_and_stops_at_a_deadli
     checkpoint = Checkpoint(cancelled)
     cancelled.set()
     with pytest.raises(RequestCancelled):
-        render_png("overlay", photo, label, META, 0.5, checkpoint)
+        render_png("overlay", photo, label, META, 0.5, check=checkpoint)
     assert checkpoint.checks == 1
     calls = []
 
@@ -80,7 +80,7 @@ def test_the_overlay_in_bands_equals_the_whole_image_blend_and_stops_at_a_deadli
             raise RequestCancelled("deadline")
 
     with pytest.raises(RequestCancelled):
-        overlay(photo, label, META.palette, 0.5, cancel_on_third_band)
+        overlay(photo, label, META.palette, 0.5, check=cancel_on_third_band)
     assert len(calls) == 3
 
 

@@ -24,6 +24,15 @@ from serving.pipeline import (
     window_probabilities,
     windows_per_batch,
 )
+from serving.repository import ModelMetadata
+from serving.segmentation import (
+    SegmentOptions,
+    confidence_levels,
+    inference_size,
+    resize_image,
+    resize_label_nearest,
+    segment,
+)
 from serving.stitching import ProbabilityField
 
 
@@ -201,3 +210,26 @@ def test_a_deadline_stops_the_pipeline_before_the_next_batch():
     with pytest.raises(RequestCancelled):
         predict_label(image, runner, SPEC, InferenceOptions(flip=True), check=Checkpoint(cancelled))
     assert runner.calls == [2]
+
+
+@pytest.mark.parametrize(("shape", "max_side"), [((23, 41), None), ((90, 61), 30)])
+def test_confidence_and_probabilities_come_from_the_same_bands_as_the_label(shape, max_side):
+    """What `segment` gives besides the label (issue 12's confidence and float16 probabilities)
+    equals the whole-array values, also when the image is shrunk for inference and brought back."""
+    meta = ModelMetadata(name="m", version=1, arch="psp", layers=18, dataset="d",
+                         classes=[f"c{i}" for i in range(150)], palette=[[i, i, i] for i in range(150)],
+                         crop_h=SPEC.crop_h, crop_w=SPEC.crop_w, mean=list(SPEC.mean), std=list(SPEC.std),
+                         base_size=SPEC.base_size, test_scales=[0.5, 1.0], flip=True)
+    image = np.random.default_rng(6).integers(0, 256, size=(*shape, 3), dtype=np.uint8)
+    options = SegmentOptions((0.5, 1.0), True, 2 / 3, max_side)
+    got = segment(image, RandomLogits(150), meta, options, spec=SPEC, confidence=True, probabilities=True)
+    small = image if max_side is None else resize_image(image, inference_size(*shape, max(max_side, 30)))
+    field = window_probabilities(small, RandomLogits(150), SPEC, options.pipeline_options())
+    whole = reference_total(field.levels, *small.shape[:2])
+    label, confidence = whole.argmax(axis=2).astype(np.uint8), confidence_levels(whole.max(axis=2))
+    planes = np.ascontiguousarray(whole.astype(np.float16).transpose(2, 0, 1))
+    if max_side is not None:
+        label, confidence, planes = (resize_label_nearest(a, shape) for a in (label, confidence, planes))
+    assert np.array_equal(got.label, label)
+    assert got.confidence.dtype == np.uint8 and np.array_equal(got.confidence, confidence)
+    assert got.probabilities.dtype == np.float16 and got.probabilities.tobytes() == planes.tobytes()
