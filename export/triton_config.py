@@ -1,7 +1,9 @@
 """Triton's `config.pbtxt` for an exported model, written as protobuf text format.
 
-The text is built by hand (no tritonclient needed at export time); a test parses it with
-`tritonclient.grpc.model_config_pb2.ModelConfig` to prove it is valid by Triton's own schema.
+The config is built as Triton's own schema, `tritonclient.grpc.model_config_pb2.ModelConfig`,
+and written with protobuf's `text_format`: a field Triton does not know, or a value of the wrong
+type, fails here at export time instead of when Triton loads the model. (Proto3 text leaves out
+fields at their default value, e.g. `graphs: false`; Triton reads them as that default.)
 
 Platforms and tensor names:
 - `onnxruntime_onnx`: tensors keep the ONNX graph's names (`input`, `logits`).
@@ -12,6 +14,9 @@ Platforms and tensor names:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
 
 from serving.repository import LABELS_FILE
 
@@ -93,103 +98,83 @@ class TritonModelConfig:
 
     def to_text(self) -> str:
         """The config.pbtxt text."""
+        return text_format.MessageToString(self.to_proto())
+
+    def to_proto(self) -> pb.ModelConfig:
+        """The config as Triton's ModelConfig message."""
         self.validate()
         in_name, out_name = tensor_names(self.fmt)
-        dtype = TRITON_DTYPES[self.precision]
-        preferred = ", ".join(str(s) for s in preferred_batch_sizes(self.max_batch_size))
-        label = f'\n    label_filename: "{self.label_file}"' if self.label_file else ""
-        lines = [
-            f'name: "{self.name}"',
-            f'platform: "{PLATFORMS[self.fmt]}"',
-            f'default_model_filename: "{DEFAULT_FILENAMES[self.fmt]}"',
-            f"max_batch_size: {self.max_batch_size}",
-            f"version_policy: {{ latest: {{ num_versions: {self.num_versions} }} }}",
-            "input [",
-            "  {",
-            f'    name: "{in_name}"',
-            f"    data_type: {dtype}",
-            "    format: FORMAT_NCHW",
-            f"    dims: [ {', '.join(str(int(d)) for d in self.input_dims)} ]",
-            "  }",
-            "]",
-            "output [",
-            "  {",
-            f'    name: "{out_name}"',
-            f"    data_type: {dtype}",
-            f"    dims: [ {', '.join(str(int(d)) for d in self.output_dims)} ]{label}",
-            "  }",
-            "]",
-            "dynamic_batching {",
-            f"  preferred_batch_size: [ {preferred} ]",
-            f"  max_queue_delay_microseconds: {self.max_queue_delay_microseconds}",
-            # A bounded queue: Triton's default is unbounded, so a burst from several gateways would
-            # pile up input batches in its host memory instead of being refused.
-            "  default_queue_policy {",
-            "    timeout_action: REJECT",
-            f"    default_timeout_microseconds: {int(self.queue_timeout_microseconds)}",
-            "    allow_timeout_override: false",
-            f"    max_queue_size: {int(self.max_queue_size)}",
-            "  }",
-            "}",
-            "instance_group [",
-            f"  {{ count: {self.instance_count} kind: {self.instance_kind} }}",
-            "]",
-        ]
+        dtype = pb.DataType.Value(TRITON_DTYPES[self.precision])
+        config = pb.ModelConfig(
+            name=self.name,
+            platform=PLATFORMS[self.fmt],
+            default_model_filename=DEFAULT_FILENAMES[self.fmt],
+            max_batch_size=self.max_batch_size,
+            version_policy=pb.ModelVersionPolicy(latest=pb.ModelVersionPolicy.Latest(num_versions=self.num_versions)),
+            input=[pb.ModelInput(name=in_name, data_type=dtype, format=pb.ModelInput.FORMAT_NCHW,
+                                 dims=[int(d) for d in self.input_dims])],
+            output=[pb.ModelOutput(name=out_name, data_type=dtype, dims=[int(d) for d in self.output_dims],
+                                   label_filename=self.label_file or "")],
+            dynamic_batching=pb.ModelDynamicBatching(
+                preferred_batch_size=preferred_batch_sizes(self.max_batch_size),
+                max_queue_delay_microseconds=self.max_queue_delay_microseconds,
+                # A bounded queue: Triton's default is unbounded, so a burst from several gateways
+                # would pile up input batches in its host memory instead of being refused.
+                default_queue_policy=pb.ModelQueuePolicy(
+                    timeout_action=pb.ModelQueuePolicy.REJECT,
+                    default_timeout_microseconds=int(self.queue_timeout_microseconds),
+                    allow_timeout_override=False,
+                    max_queue_size=int(self.max_queue_size),
+                ),
+            ),
+            instance_group=[pb.ModelInstanceGroup(count=self.instance_count,
+                                                  kind=pb.ModelInstanceGroup.Kind.Value(self.instance_kind))],
+        )
         if self.warmup:
-            lines += self._warmup(in_name, dtype)
+            config.model_warmup.append(self._warmup(in_name, dtype))
         if self.fmt == "onnx":
-            lines += self._onnx_settings()
+            self._onnx_settings(config)
         else:
             # libtorch: no autograd bookkeeping, and no profiling executor (it re-specialises the
             # graph for every new batch size the dynamic batcher forms).
-            lines += _parameters({"INFERENCE_MODE": "true", "ENABLE_JIT_PROFILING": "false", **self.extra_parameters})
-        return "\n".join(lines) + "\n"
+            _parameters(config, {"INFERENCE_MODE": "true", "ENABLE_JIT_PROFILING": "false", **self.extra_parameters})
+        return config
 
-    def _warmup(self, in_name: str, dtype: str) -> list[str]:
+    def _warmup(self, in_name: str, dtype: int) -> pb.ModelWarmup:
         # Triton runs this when it loads each version and reports the version ready only after it:
         # the first real batch then finds the engine's memory planned and its arena grown (on the
         # GPU, cuDNN's algorithms chosen). Zeros at the crop size and the largest batch the gateway
         # sends, the one that sizes the arena.
-        return [
-            "model_warmup [",
-            "  {",
-            '    name: "crop_max_batch_zeros"',
-            f"    batch_size: {self.max_batch_size}",
-            "    inputs {",
-            f'      key: "{in_name}"',
-            f"      value: {{ data_type: {dtype} dims: [ {', '.join(str(int(d)) for d in self.input_dims)} ] "
-            "zero_data: true }",
-            "    }",
-            "  }",
-            "]",
-        ]
+        return pb.ModelWarmup(
+            name="crop_max_batch_zeros",
+            batch_size=self.max_batch_size,
+            inputs={in_name: pb.ModelWarmup.Input(data_type=dtype, dims=[int(d) for d in self.input_dims],
+                                                  zero_data=True)},
+        )
 
-    def _onnx_settings(self) -> list[str]:
-        lines = [
-            # No TensorRT accelerator (building engines needs more than a 4 GB card spares) and no
-            # CUDA graphs (they pin one graph per batch size in GPU memory). The "cuda" accelerator
-            # entry only passes options to the CUDA execution provider: cuDNN may then take 32 MiB
-            # of workspace instead of whatever is free, as the gateway's own sessions do.
-            "optimization {",
-            "  cuda { graphs: false }",
-            "  execution_accelerators {",
-            '    gpu_execution_accelerator: [ { name: "cuda" parameters { key: "cudnn_conv_use_max_workspace" value: "0" } } ]',
-            "  }",
-            "}",
-        ]
+    def _onnx_settings(self, config: pb.ModelConfig) -> None:
+        # No TensorRT accelerator (building engines needs more than a 4 GB card spares) and no
+        # CUDA graphs (they pin one graph per batch size in GPU memory). The "cuda" accelerator
+        # entry only passes options to the CUDA execution provider: cuDNN may then take 32 MiB
+        # of workspace instead of whatever is free, as the gateway's own sessions do.
+        optimization = config.optimization
+        optimization.cuda.SetInParent()
+        optimization.cuda.graphs = False
+        optimization.execution_accelerators.gpu_execution_accelerator.add(
+            name="cuda", parameters={"cudnn_conv_use_max_workspace": "0"})
         # Model-level parameters the onnxruntime backend passes to the CUDA execution provider.
-        params = {
+        _parameters(config, {
             "cudnn_conv_algo_search": "1",  # HEURISTIC
             "arena_extend_strategy": "1",  # kSameAsRequested
             "gpu_mem_limit": str(int(self.gpu_mem_limit)),
             "intra_op_thread_count": str(int(self.intra_op_threads)),
             **self.extra_parameters,
-        }
-        return lines + _parameters(params)
+        })
 
 
-def _parameters(params: dict[str, str]) -> list[str]:
-    return [f'parameters {{ key: "{key}" value: {{ string_value: "{value}" }} }}' for key, value in params.items()]
+def _parameters(config: pb.ModelConfig, params: dict[str, str]) -> None:
+    for key, value in params.items():
+        config.parameters[key].string_value = value
 
 
 def model_config_text(config: TritonModelConfig) -> str:

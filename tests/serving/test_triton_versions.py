@@ -14,6 +14,8 @@ import time
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
 
 from retraining.versions import roll_back
 from serving.backends.base import BackendBusy
@@ -52,9 +54,12 @@ def test_triton_runs_the_exported_warmup_before_the_version_is_ready(triton_serv
     assert server.model_ready(name, meta.version)
     server.stop()
     # The same model with a warm-up sample of the wrong size never becomes ready.
-    config = repository.model_dir(name) / CONFIG_FILE
-    config.write_text(config.read_text().replace(f"dims: [ 3, {meta.crop_h}, {meta.crop_w} ] zero_data",
-                                                 "dims: [ 3, 7, 7 ] zero_data"))
+    config_file = repository.model_dir(name) / CONFIG_FILE
+    config = text_format.Parse(config_file.read_text(), model_config_pb2.ModelConfig())
+    (sample,) = config.model_warmup[0].inputs.values()
+    assert list(sample.dims) == [3, meta.crop_h, meta.crop_w]
+    sample.dims[:] = [3, 7, 7]
+    config_file.write_text(text_format.MessageToString(config))
     server.sync()
     # Triton ran the warm-up sample (its 7x7 shape is in the error) and refused to start serving.
     with pytest.raises(TritonHarnessError, match=r"unexpected shape for input 'input'.*got \[1,3,7,7\]"):
