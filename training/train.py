@@ -8,7 +8,7 @@ checkpoint files in `training.checkpoints`.
 
 Launch modes:
 - one process: `train_gpu` lists one GPU, or none is usable (CPU);
-- spawned: `train_gpu` lists several GPUs (one process each, `dist_url` rendezvous, as the
+- spawned: `train_gpu` lists several GPUs (one process each, meeting on a free local port, as the
   original), or `--cpu-processes N` on the CPU (gloo, CPU SyncBN);
 - torchrun: `torchrun --nproc_per_node G [--nnodes ...] -m training.train --config CFG ...`.
 """
@@ -60,6 +60,7 @@ from training.original_log import (
     val_batch_line,
     val_result_lines,
 )
+from training.precision import Precision, resolve_precision
 from training.syncbn import convert_sync_batchnorm, freeze_batchnorm, set_frozen_bn_eval
 
 __all__ = ["TrainingError", "evaluate", "main", "main_worker", "run_training", "train_one_epoch"]
@@ -357,6 +358,7 @@ def check_config(cfg: Any) -> None:
         raise ValueError("config key evaluate is True but val_list is not set")
     if cfg.save_freq <= 0:
         raise ValueError(f"config key save_freq must be positive, got {cfg.save_freq}")
+    resolve_precision(cfg)  # opt_level / loss_scale the apex mapping understands
     if not (cfg.weight or cfg.resume):
         from training.models import backbone_weights_path
 
@@ -440,13 +442,15 @@ def _label_mapping(cfg: Any):
     return functools.partial(map_labels, dataset=cfg.dataset)
 
 
-def _autocast_dtype(cfg: Any, device: torch.device) -> torch.dtype | None:
-    if not cfg.amp:
+def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
+    if precision.note:
+        _note(precision.note)
+    if not precision.amp:
         return None
     if device.type != "cuda":
-        _note(f"amp={cfg.amp} only applies on CUDA; training in float32 on the CPU")
+        _note(f"amp={precision.amp} only applies on CUDA; training in float32 on the CPU")
         return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.amp]
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision.amp]
 
 
 def _open_writer(save_path: Path):
@@ -583,8 +587,9 @@ def _train(cfg: Any, state: du.DistributedState, absent: str = DEFAULT_ABSENT) -
         model.to(memory_format=torch.channels_last)
     model_without_ddp = model
     optimizer = build_optimizer(model_without_ddp, cfg.base_lr, cfg.momentum, cfg.weight_decay)
-    autocast_dtype = _autocast_dtype(cfg, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
+    precision = resolve_precision(cfg)  # `amp`, or the original's apex keys mapped onto native AMP
+    autocast_dtype = _autocast_dtype(precision, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16, **precision.scaler_kwargs)
     if state.distributed:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
@@ -707,6 +712,21 @@ def _spawned_worker(index: int, config_values: dict[str, Any], nprocs: int, resu
         torch.save(result, results_path)
 
 
+def _spawn_config(cfg: Any, nprocs: int) -> Any:
+    """The config the spawned workers get: as the original, they meet on a free local port.
+
+    A fixed `dist_url` (the configs' tcp://127.0.0.1:6789) would make two runs on one machine
+    collide; the original picked a free port whenever it spawned. `env://` is used as written
+    (MASTER_ADDR/MASTER_PORT from the environment); runs over several machines use torchrun.
+    """
+    if cfg.dist_url == "env://":
+        return cfg
+    url = f"tcp://127.0.0.1:{du.find_free_port()}"
+    get_logger().info(f"=> spawning {nprocs} processes; rendezvous on {url} (a free port, as the original; "
+                      f"dist_url {cfg.dist_url} is not used on one machine)")
+    return cfg.merged({"dist_url": url})
+
+
 def run_training(cfg: Any, cpu_processes: int = 1, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
     """Train from a loaded config in this process, in spawned workers, or as one torchrun worker.
 
@@ -740,7 +760,7 @@ def run_training(cfg: Any, cpu_processes: int = 1, absent: str = DEFAULT_ABSENT)
     with tempfile.TemporaryDirectory(prefix="sceneparse-train-") as tmp:
         results_path = os.path.join(tmp, "result.pt")
         # The config travels as a plain dict: workers rebuild (and re-validate) their Config.
-        du.spawn_workers(_spawned_worker, nprocs, (cfg.to_dict(), nprocs, results_path, absent))
+        du.spawn_workers(_spawned_worker, nprocs, (_spawn_config(cfg, nprocs).to_dict(), nprocs, results_path, absent))
         return torch.load(results_path, weights_only=True)
 
 

@@ -8,6 +8,8 @@ and the one-line CLI errors.
 from __future__ import annotations
 
 import math
+import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,6 @@ import torch
 
 from training.checkpoints import from_original_layout
 from training.config import config_path, load_config
-from training.distributed import find_free_port
 from training.models import build_model, load_checkpoint
 from training.optim import build_optimizer, poly_learning_rate
 from training.train import labels_for_logits, main
@@ -148,10 +149,18 @@ def test_label_scale_8_and_frozen_bn(synthetic_dataset, tmp_path):
     assert not torch.equal(state["module.layer1.0.conv1.weight"], torch.zeros(1))
 
 
-def test_two_cpu_processes_train_with_ddp_and_sync_bn(synthetic_dataset, tmp_path):
-    url = f"tcp://127.0.0.1:{find_free_port()}"
-    overrides = _overrides(synthetic_dataset, tmp_path, samples=4, batch_size=4, sync_bn=True, dist_url=url)
-    assert main(["--config", CONFIG, "--cpu-processes", "2", *overrides]) == 0
+def test_two_cpu_processes_train_with_ddp_and_sync_bn(synthetic_dataset, tmp_path, capsys):
+    # dist_url names a port another program holds (as a second run with the same config would):
+    # spawned workers meet on a free port instead, as the original's, and the log says which.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        overrides = _overrides(synthetic_dataset, tmp_path, samples=4, batch_size=4, sync_bn=True,
+                               dist_url=f"tcp://127.0.0.1:{port}")
+        assert main(["--config", CONFIG, "--cpu-processes", "2", *overrides]) == 0
+    used = re.findall(r"\] => spawning 2 processes; rendezvous on tcp://127\.0\.0\.1:(\d+) ", capsys.readouterr().err)
+    assert len(used) == 1 and int(used[0]) != port
     checkpoint = torch.load(tmp_path / "run" / "final.pth", weights_only=True)
     assert checkpoint["world_size"] == 2 and len(checkpoint["rng"]) == 2
     assert checkpoint["iteration"] == 1  # 4 images, 2 per process

@@ -112,8 +112,8 @@ KEYS: dict[str, Key] = {
     "multiprocessing_distributed": _k("Distributed", "bool", True),
     "world_size": _k("Distributed", "int", 1),
     "rank": _k("Distributed", "int", 0),
-    "use_apex": _k("Distributed", "bool", False, help="accepted for compatibility; sceneparse uses `amp`"),
-    "opt_level": _k("Distributed", "str?", "O0"),
+    "use_apex": _k("Distributed", "bool", False, help="apex's mixed precision, mapped onto native AMP (training.precision)"),
+    "opt_level": _k("Distributed", "str?", "O0", help="with use_apex: O0 float32; O1/O2/O3 autocast fp16 + GradScaler"),
     "keep_batchnorm_fp32": _k("Distributed", "bool?"),
     "loss_scale": _k("Distributed", "any"),
     # TEST
