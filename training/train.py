@@ -430,7 +430,7 @@ def _data_loaders(cfg: Any, state: du.DistributedState, sampler_seed: int) -> tu
 
 
 # Packaged datasets whose label files hold ids other than the train ids (see training.datasets).
-MAPPED_DATASETS = ("ade20k", "cityscapes", "camvid")
+MAPPED_DATASETS = ("ade20k", "cityscapes", "camvid", "camvid_segnet")
 
 
 def _label_mapping(cfg: Any):

