@@ -77,7 +77,7 @@ MUTATIONS = [
              (("scaler.scale(loss).backward()", "scaler.scale(-loss).backward()"),),
              (LEARNS,), "training ascends the loss"),
     Mutation("ignore-index-0", "training/train.py",
-             (("nn.CrossEntropyLoss(ignore_index=cfg.ignore_label)", "nn.CrossEntropyLoss(ignore_index=0)"),),
+             (("nn.CrossEntropyLoss(ignore_index=int(cfg.ignore_label))", "nn.CrossEntropyLoss(ignore_index=0)"),),
              (LEARNS,), "the loss ignores class 0 instead of the ignore label"),
     Mutation("metrics-ignore-255", "training/metrics.py",
              (("    pred = pred.reshape(-1).astype(np.int64, copy=False)\n"
@@ -194,12 +194,19 @@ MUTATIONS = [
                "        keep = set(sorted(versions, key=str)[-keep_last:]) | {served}\n"),),
              (VERSIONS,), "retention keeps the newest by string order"),
     # --- other ignore labels ----------------------------------------------------------------------
+    Mutation("crop-pads-255", "training/data/transforms.py",
+             (("cv2.BORDER_CONSTANT, value=self.ignore_label)", "cv2.BORDER_CONSTANT, value=255)"),),
+             (IGNORE,), "Crop pads the label with 255 whatever the setting"),
+    Mutation("rotate-fills-255", "training/data/transforms.py",
+             (("borderMode=cv2.BORDER_CONSTANT, borderValue=self.ignore_label)",
+               "borderMode=cv2.BORDER_CONSTANT, borderValue=255)"),),
+             (IGNORE,), "RandRotate fills the label's corners with 255 whatever the setting"),
     Mutation("evaluation-ignore-255", "training/evaluate.py",
              (('int(_setting(cfg, "ignore_label", 255)),', "255,"),),
              (IGNORE,), "sceneparse test scores with 255 whatever the config says"),
     Mutation("train-validation-ignore-255", "training/train.py",
-             (("evaluate(model_without_ddp, val_loader, cfg.classes, cfg.ignore_label, device)",
-               "evaluate(model_without_ddp, val_loader, cfg.classes, 255, device)"),),
+             (("evaluate(model_without_ddp, val_loader, cfg.classes, cfg.ignore_label, device",
+               "evaluate(model_without_ddp, val_loader, cfg.classes, 255, device"),),
              (IGNORE,), "per-epoch validation scores with 255 whatever the config says"),
 ]
 

@@ -63,7 +63,7 @@ from training.original_log import (
 from training.precision import Precision, resolve_precision
 from training.syncbn import convert_sync_batchnorm, freeze_batchnorm, set_frozen_bn_eval
 
-__all__ = ["TrainingError", "evaluate", "main", "main_worker", "run_training", "train_one_epoch"]
+__all__ = ["TrainingError", "build_criterion", "evaluate", "main", "main_worker", "run_training", "train_one_epoch"]
 
 CURVES_FILE = "training_curves.png"
 LAST_CHECKPOINT = "last.pth"
@@ -102,6 +102,12 @@ def labels_for_logits(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor
     rows = torch.linspace(0, height - 1, size[0], device=target.device).round().long()
     cols = torch.linspace(0, width - 1, size[1], device=target.device).round().long()
     return target.index_select(-2, rows).index_select(-1, cols)
+
+
+def build_criterion(cfg: Any) -> nn.Module:
+    """The original's loss, for the main and the aux head alike: cross-entropy over the classes,
+    pixels labelled `ignore_label` left out of the loss and of its mean."""
+    return nn.CrossEntropyLoss(ignore_index=int(cfg.ignore_label))
 
 
 def train_one_epoch(
@@ -594,7 +600,7 @@ def _train(cfg: Any, state: du.DistributedState, absent: str = DEFAULT_ABSENT) -
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    criterion = nn.CrossEntropyLoss(ignore_index=cfg.ignore_label)
+    criterion = build_criterion(cfg)
 
     # Resume: weights, optimizer, epoch/iteration, history and RNG streams.
     start_epoch, history, checkpoint = int(cfg.start_epoch or 0), [], None
