@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from retraining.gates import GatePolicy, GateResult, check_gates, int8_check
 from retraining.report import write_report
 from retraining.versions import apply_retention
+from sceneparse.atomic import atomic_write_text
 from serving.repository import (
     COLORS_FILE,
     CONFIG_FILE,
@@ -37,7 +38,6 @@ from serving.repository import (
     ModelMetadata,
     ModelRepository,
     RepositoryError,
-    atomic_write_text,
 )
 
 if TYPE_CHECKING:  # export (and torch) is imported only when a run exports

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from retraining.gates import per_class_iou
+from sceneparse.atomic import atomic_write_text
+from training.reports import save_figure
 
 
 def _fmt(value: Any) -> str:
@@ -42,7 +44,7 @@ def plot_class_iou(path: Path, class_names: list[str], candidate: dict, deployed
     ax.set_title("Per-class IoU: candidate vs deployed")
     ax.legend(loc="upper center", ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path
 
@@ -54,7 +56,7 @@ def write_report(run_dir: Path, report: dict[str, Any], class_names: list[str]) 
     candidate, deployed = report.get("candidate_metrics"), report.get("deployed_metrics")
     if candidate:
         paths["plot"] = plot_class_iou(run_dir / "per_class_iou.png", class_names, candidate, deployed)
-    paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(paths["json"], json.dumps(report, indent=2, default=str) + "\n")
 
     lines = [f"# Retraining report: {report['name']}", "",
              f"- outcome: **{report['outcome']}**",
@@ -82,5 +84,5 @@ def write_report(run_dir: Path, report: dict[str, Any], class_names: list[str]) 
             lines += ["", "![per-class IoU](per_class_iou.png)"]
     lines += ["", "## Steps", "", "| step | seconds | status |", "|---|---|---|"]
     lines += [f"| {s['step']} | {s['seconds']:.1f} | {s['status']} |" for s in report.get("steps", [])]
-    paths["markdown"].write_text("\n".join(lines) + "\n")
+    atomic_write_text(paths["markdown"], "\n".join(lines) + "\n")
     return paths

@@ -8,11 +8,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
+from sceneparse.atomic import atomic_write_text
 from serving.repository import (
     CONFIG_FILE,
     ModelRepository,
     RepositoryError,
-    atomic_write_text,
 )
 
 

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from sceneparse.atomic import atomic_write_text
 from serving.repository import ModelRepository, RepositoryError
 
 DEMO_CONFIG = "synthetic/synthetic_pspnet18"
@@ -45,7 +46,7 @@ def build_demo(repository: Path, workdir: Path, name: str = "demo", force: bool 
         "names_path", str(data / "synthetic_names.txt"), "colors_path", str(data / "synthetic_colors.txt"),
         "save_path", str(run), *overrides])
     config = workdir / "demo.yaml"
-    config.write_text(cfg.to_yaml())
+    atomic_write_text(config, cfg.to_yaml())
     steps = [
         ["train", "--config", str(config)],
         ["export", "--config", str(config), "--checkpoint", str(run / "final.pth"), "--name", name,

@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
+from sceneparse.atomic import atomic_write_text, fsync_dir, fsync_tree
+
 if TYPE_CHECKING:
     from serving.repository_scan import ModelScan, RepositoryScan
 
@@ -326,13 +328,13 @@ class ModelRepository:
                 meta.validate(source=f"{name} v{number}")
                 self._check_tensor_contract(name, meta)
                 atomic_write_text(staging / METADATA_FILE, json.dumps(meta.to_dict(), indent=2) + "\n")
-                _fsync_tree(staging)
+                fsync_tree(staging)
                 for file_name, text in (model_files or {}).items():
                     atomic_write_text(directory / file_name, text)
                 os.rename(staging, directory / str(number))
                 if unpin and (directory / DEPLOYMENT_FILE).exists():
                     self._write_pin(name, None)
-                _fsync_dir(directory)
+                fsync_dir(directory)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
@@ -340,44 +342,12 @@ class ModelRepository:
 
 
 # --- helpers used by publishers ------------------------------------------------------------
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same directory, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def labels_text(classes: list[str]) -> str:
     return "".join(f"{c}\n" for c in classes)
 
 
 def colors_text(palette: list[list[int]]) -> str:
     return "".join(f"{r} {g} {b}\n" for r, g, b in palette)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_tree(path: Path) -> None:
-    for child in path.rglob("*"):
-        if child.is_file():
-            with open(child, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(path)
 
 
 def _remove_stale_staging(directory: Path) -> None:

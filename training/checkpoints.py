@@ -16,10 +16,8 @@ end; `last.pth` always points at the newest state (resume from it).
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -27,9 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from sceneparse.atomic import atomic_open
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "EPOCH_CHECKPOINT",
+    "TEMP_PREFIX",
     "atomic_save",
     "capture_rng_state",
     "epoch_checkpoint_path",
@@ -43,7 +44,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "sceneparse-train-1"
 EPOCH_CHECKPOINT = re.compile(r"^train_epoch_(\d+)\.pth$")
-_TEMP_PREFIX = ".tmp-"
+TEMP_PREFIX = ".tmp-"
 DDP_PREFIX = "module."
 
 
@@ -63,38 +64,16 @@ def from_original_layout(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
 
 
 def atomic_save(payload: Mapping[str, Any], path: str | Path) -> Path:
-    """Write `payload` with torch.save so that `path` is either the old file or the complete new one.
+    """Write `payload` with torch.save so that `path` is either the old file or the complete new one
+    (sceneparse.atomic: temporary file beside it, fsync, rename, fsync the folder). Returns the path.
 
-    The bytes go to a temporary file in the same directory, are fsynced, then `os.replace`d over
-    `path`; the directory is fsynced so the rename survives a crash. Returns the path.
+    A killed run's temporary file is named `.tmp-<name>.*`: `remove_stale_temporaries` sweeps it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600; give the usual file mode
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(dict(payload), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    with contextlib.suppress(OSError):  # not every filesystem lets a directory be opened
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    with atomic_open(path, "wb", prefix=TEMP_PREFIX, suffix="") as handle:
+        torch.save(dict(payload), handle)
     return path
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def remove_stale_temporaries(save_path: str | Path) -> list[Path]:
@@ -102,7 +81,7 @@ def remove_stale_temporaries(save_path: str | Path) -> list[Path]:
     removed = []
     directory = Path(save_path)
     if directory.is_dir():
-        for leftover in directory.glob(_TEMP_PREFIX + "*"):
+        for leftover in directory.glob(TEMP_PREFIX + "*"):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
                 removed.append(leftover)

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from training.reports import save_figure
+
 __all__ = ["plot_training_curves"]
 
 
@@ -60,6 +62,6 @@ def plot_training_curves(history: Sequence[Mapping[str, float]], path: str | Pat
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     plt.close(fig)
     return path

@@ -10,8 +10,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 from pathlib import Path
+
+from sceneparse.atomic import atomic_open, atomic_write_text
 
 CSV_COLUMNS = ("id", "name", "iou", "accuracy", "intersection", "union", "target")
 
@@ -49,11 +50,12 @@ def summary_line(metrics: dict) -> str:
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    # Write beside the target and rename, so a reader never sees half a report.
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def save_figure(figure, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as PNG, atomically (a reader never sees half a picture)."""
+    path = Path(path)
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=dpi)
+    return path
 
 
 def write_json(metrics: dict, path: str | Path, extra: dict | None = None) -> Path:
@@ -64,20 +66,18 @@ def write_json(metrics: dict, path: str | Path, extra: dict | None = None) -> Pa
     document["per_class"] = [{k: _finite_or_none(v) for k, v in row.items()} for row in metrics["per_class"]]
     if extra:
         document.update(extra)
-    _atomic_write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(document, indent=2, allow_nan=False) + "\n")
     return path
 
 
 def write_csv(metrics: dict, path: str | Path) -> Path:
     """Write one row per class (columns `CSV_COLUMNS`; IoU/accuracy as fractions in [0, 1])."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(CSV_COLUMNS)
         for row in metrics["per_class"]:
             writer.writerow(["" if _finite_or_none(row[key]) is None else row[key] for key in CSV_COLUMNS])
-    os.replace(tmp, path)
     return path
 
 
@@ -109,9 +109,7 @@ def plot_per_class(metrics: dict, path: str | Path, title: str | None = None) ->
         axes.legend(loc="lower right", fontsize=8)
         axes.set_title(title or summary_line(metrics).split("  (")[0], fontsize=10)
         figure.tight_layout()
-        tmp = path.with_name(f".{path.name}.tmp.png")
-        figure.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        save_figure(figure, path)
     finally:
         plt.close(figure)
     return path

@@ -35,9 +35,11 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
+from sceneparse.atomic import atomic_path
 from training import distributed as du
 from training.checkpoints import (
     CHECKPOINT_FORMAT,
+    TEMP_PREFIX,
     atomic_save,
     capture_rng_state,
     epoch_checkpoint_path,
@@ -499,16 +501,13 @@ def _write_epoch_scalars(writer: Any, metrics: dict[str, Any], epoch: int) -> No
 
 def _link_or_copy(source: Path, target: Path) -> None:
     """Make `target` hold the same bytes as `source`, atomically (hard link, else a copy)."""
-    tmp = target.with_name(f".tmp-{target.name}.{os.getpid()}")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        os.link(source, tmp)
-    except OSError:
-        import shutil
+    with atomic_path(target, prefix=TEMP_PREFIX, suffix="") as tmp:
+        try:
+            os.link(source, tmp)
+        except OSError:
+            import shutil
 
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+            shutil.copyfile(source, tmp)
 
 
 def _save_checkpoints(

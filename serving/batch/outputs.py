@@ -27,15 +27,15 @@ import contextlib
 import io
 import json
 import os
-import secrets
 import zipfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from sceneparse import atomic
 from serving.coco import coco_categories, coco_results, rle_document
 from serving.rendering import render_png
 from serving.repository import ModelMetadata
@@ -53,44 +53,15 @@ _PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"  # the IEND chunk: length 0, type, 
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a uniquely named temporary file beside it, fsync, rename.
-
-    Readers see the old file or the whole new one, never a part. The temporary file is removed
-    when the write fails; only a killed process leaves it (`.<name>.<random>.partial`). The
-    file gets the usual permissions (0666 less the umask), as a plain write would.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """sceneparse.atomic's write, with the `.<name>.<random>.partial` temporary name that
+    `remove_partials` sweeps after a killed worker."""
+    atomic.atomic_write_bytes(path, data, suffix=PARTIAL_SUFFIX)
 
 
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """For writers that need a path (a video muxer): a temporary path beside `path` to write into,
-    fsynced and renamed to `path` when the block ends normally, removed when it raises."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}{PARTIAL_SUFFIX}")
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+def atomic_output(path: Path) -> contextlib.AbstractContextManager[Path]:
+    """For writers that need a path (a video muxer): sceneparse.atomic's `atomic_path`, with the
+    `.partial` temporary name that `remove_partials` sweeps."""
+    return atomic.atomic_path(path, suffix=PARTIAL_SUFFIX)
 
 
 def remove_partials(out_dir: Path) -> int:
