@@ -145,7 +145,8 @@ class EagerOriginal:
 
 
 # --- the gateway ---------------------------------------------------------------------------------
-def start_gateway(repository: Path, threads: int, log_path: Path):
+def start_gateway(repository: Path, threads: int, log_path: Path, settings: dict[str, str] | None = None):
+    """A `sceneparse serve` process on a free port, ready; `settings`: more SCENEPARSE_* variables."""
     import httpx
 
     from training.distributed import find_free_port
@@ -154,7 +155,8 @@ def start_gateway(repository: Path, threads: int, log_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SCENEPARSE_")}
     env.update({"SCENEPARSE_REPOSITORY": str(repository), "SCENEPARSE_PORT": str(port),
                 "SCENEPARSE_POLL_INTERVAL": "0", "SCENEPARSE_ORT_THREADS": str(threads),
-                "SCENEPARSE_WORKERS": "1", "SCENEPARSE_REQUEST_TIMEOUT": "600", "SCENEPARSE_LOG_LEVEL": "warning"})
+                "SCENEPARSE_WORKERS": "1", "SCENEPARSE_REQUEST_TIMEOUT": "600", "SCENEPARSE_LOG_LEVEL": "warning",
+                **(settings or {})})
     log = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
     process = subprocess.Popen([sys.executable, "-m", "sceneparse.cli", "serve"], cwd=ROOT, env=env,
                                stdout=log, stderr=subprocess.STDOUT)
