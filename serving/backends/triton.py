@@ -277,16 +277,25 @@ class _ClientPool:
         self.address, self.protocol, self.connect_timeout_s = address, protocol, connect_timeout_s
         self._lock = threading.Lock()
         self._clients: dict[tuple[int, float], Any] = {}
+        self._owners: dict[tuple[int, float], threading.Thread | None] = {}
 
     def get(self, timeout_s: float) -> tuple[Any, dict[str, float]]:
         if self.protocol == "grpc":
-            key, kwargs = (0, 0.0), {"client_timeout": timeout_s}
+            key, kwargs, owner = (0, 0.0), {"client_timeout": timeout_s}, None
         else:
-            key, kwargs = (threading.get_ident(), timeout_s), {}
+            key, kwargs, owner = (threading.get_ident(), timeout_s), {}, threading.current_thread()
+        stale = None
         with self._lock:
             client = self._clients.get(key)
+            if client is not None and self._owners.get(key) is not owner:
+                # A thread id is reused once its thread has ended; that thread's HTTP client belongs
+                # to its gevent hub, and using it from here fails ("cannot switch to a different thread").
+                stale, client = client, None
             if client is None:
                 client = self._clients[key] = self._make(timeout_s)
+                self._owners[key] = owner
+        if stale is not None:
+            _close_quietly(stale)
         return client, kwargs
 
     def _make(self, timeout_s: float):
@@ -307,12 +316,13 @@ class _ClientPool:
         with self._lock:
             for key in [k for k, c in self._clients.items() if c is client]:
                 del self._clients[key]
+                self._owners.pop(key, None)
         if self.protocol == "http":
             _close_quietly(client)  # per-thread: nobody else is using it
 
     def close_all(self) -> None:
         with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
+            clients, self._clients, self._owners = list(self._clients.values()), {}, {}
         for client in clients:
             _close_quietly(client)
 
