@@ -30,7 +30,6 @@ from export.loading import (
     check_checkpoint_file,
     dataset_info,
     default_model_name,
-    file_sha256,
     load_config,
     load_model,
 )
@@ -38,6 +37,7 @@ from export.options import DEFAULT_LOGITS, FORMATS, ExportOptions, parse_version
 from export.publishing import check_precision, check_repository, publish
 from export.triton_config import tensor_names
 from export.verifying import verify_graph
+from sceneparse.digest import file_sha256
 from serving.repository import ModelMetadata, ModelRepository, RepositoryError, validate_model_name
 from training.config import Config
 

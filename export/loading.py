@@ -7,7 +7,6 @@ the model in eval mode without its aux head, with the checkpoint's weights.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -76,12 +75,3 @@ def load_model(config: Config, checkpoint: Path) -> tuple[torch.nn.Module, dict[
             summary = f"{summary}: {shown}"
         raise ExportError(f"checkpoint {summary}") from None
     return model.eval(), dict(getattr(loaded, "meta", None) or {})
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -31,6 +31,8 @@ import numpy as np
 from export.calibration import ListImage, WindowReader, evenly_spaced, read_list_images, read_rgb, windows_of
 from export.errors import ExportError, VerificationError
 from serving.pipeline import InferenceOptions, PipelineSpec, predict_label
+from training.config import Config
+from training.datasets import label_mapping
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 FP32_GROUPS = ("classifier", "attention")
@@ -119,22 +121,14 @@ class GateData:
 
 
 # --- the images ------------------------------------------------------------------------------
-def _setting(config, key: str):
-    try:
-        value = config[key]
-    except (KeyError, TypeError):
-        value = None
-    return value
-
-
-def gate_data(config, options: QuantizationOptions, class_names: Sequence[str]) -> GateData:
+def gate_data(config: Config, options: QuantizationOptions, class_names: Sequence[str]) -> GateData:
     """Pick calibration, held-out and scored images from the lists `options` and `config` name.
 
     Raises ExportError when there is no calibration list, it has no readable entries, or no
     image is left over for the agreement measurement.
     """
-    data_root = _setting(config, "data_root") or "."
-    calibration_list = options.calibration_list or _setting(config, "train_list")
+    data_root = config.data_root or "."
+    calibration_list = options.calibration_list or config.train_list
     if not calibration_list:
         raise ExportError("int8 export needs calibration images: give --calibration LIST (the config has no train_list)")
     try:
@@ -145,7 +139,7 @@ def gate_data(config, options: QuantizationOptions, class_names: Sequence[str]) 
         raise ExportError(f"calibration list {calibration_list} lists no images")
     calibration = evenly_spaced(pool, options.calibration_images)
 
-    val_list = options.val_list or _setting(config, "val_list")
+    val_list = options.val_list or config.val_list
     val: list[ListImage] = []
     unscored = ""
     if val_list:
@@ -170,14 +164,9 @@ def gate_data(config, options: QuantizationOptions, class_names: Sequence[str]) 
         labelled = []
     scored = labelled if options.gate_images == 0 else evenly_spaced(labelled, options.gate_images)
 
-    mapping = None
-    if scored:
-        from training.evaluate import label_mapping_for
-
-        mapping = label_mapping_for(config)
-    ignore_label = _setting(config, "ignore_label")
-    return GateData(str(calibration_list), calibration, held_out, scored, unscored,
-                    255 if ignore_label is None else int(ignore_label), mapping, tuple(class_names))
+    mapping = label_mapping(config.dataset) if scored else None
+    return GateData(str(calibration_list), calibration, held_out, scored, unscored, config.ignore_label, mapping,
+                    tuple(class_names))
 
 
 # --- quantization ----------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def _training_config(request: PipelineRequest, run: _Run, deployed: ModelMetadat
             raise PipelineError(
                 f"--from-deployed: the checkpoint behind {request.name} v{deployed.version} "
                 f"({deployed.checkpoint_path or 'not recorded'}) is not on this machine")
-        from export.loading import file_sha256
+        from sceneparse.digest import file_sha256
 
         if deployed.checkpoint_sha256 and file_sha256(source) != deployed.checkpoint_sha256:
             raise PipelineError(f"--from-deployed: {source} changed since v{deployed.version} was exported (sha256 differs)")

@@ -202,7 +202,7 @@ MUTATIONS = [
                "borderMode=cv2.BORDER_CONSTANT, borderValue=255)"),),
              (IGNORE,), "RandRotate fills the label's corners with 255 whatever the setting"),
     Mutation("evaluation-ignore-255", "training/evaluate.py",
-             (('int(_setting(cfg, "ignore_label", 255)),', "255,"),),
+             (("            cfg.ignore_label,\n", "            255,\n"),),
              (IGNORE,), "sceneparse test scores with 255 whatever the config says"),
     Mutation("train-validation-ignore-255", "training/train.py",
              (("evaluate(model_without_ddp, val_loader, cfg.classes, cfg.ignore_label, device",

@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from sceneparse.digest import file_sha256
 from serving.backends.base import BackendUnavailable
 from serving.batch.image import ImageLimits
 from serving.batch.inputs import InputError, collect_tasks, is_uri, is_video
@@ -126,7 +127,7 @@ def _model(args: argparse.Namespace) -> tuple[ModelSpec | CheckpointSpec, ModelM
 
 def _checkpoint_model(args: argparse.Namespace) -> tuple[CheckpointSpec, ModelMetadata]:
     try:
-        from training.checkpoint_model import checkpoint_metadata, file_sha256, read_config
+        from training.checkpoint_model import checkpoint_metadata, read_config
     except ModuleNotFoundError as exc:
         if exc.name in {"torch", "torchvision"}:
             raise ValueError(f"--checkpoint needs {exc.name}; install the training extra: "

@@ -12,10 +12,8 @@ Imported only on that path (it imports torch: the `train` extra); `serving` stay
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -23,7 +21,6 @@ from serving.repository import ModelMetadata
 
 # Windows per forward pass; any number gives the same masks (eval-mode BatchNorm).
 DEFAULT_MAX_BATCH_SIZE = 4
-_ARCH_NAMES = {"psp": "pspnet", "psa": "psanet"}
 
 
 class CheckpointModelError(ValueError):
@@ -42,62 +39,49 @@ def read_config(config: str | os.PathLike[str]):
         raise CheckpointModelError(f"--config {config}: cannot read it: {exc.strerror or exc}") from None
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _setting(config, key: str, default: Any = None) -> Any:
-    value = config.get(key) if hasattr(config, "get") else None
-    return default if value is None else value
-
-
 def checkpoint_metadata(config, checkpoint: str | os.PathLike[str] = "") -> ModelMetadata:
     """What export would publish for this config, as the pipeline reads it (version 0: unpublished).
 
     The name is export's default, `<dataset>_<arch><layers>`.
     """
+    from training.config import ConfigError, as_config
     from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
     from training.datasets import DatasetError, dataset_info_for_config
+    from training.models import model_name
 
     try:
+        config = as_config(config)
+        name = model_name(config.arch, config.layers)
         info = dataset_info_for_config(config)
-    except DatasetError as exc:
-        raise CheckpointModelError(f"dataset metadata: {exc}") from None
-    try:
-        arch, layers = str(config["arch"]), int(config["layers"])
-        crop_h, crop_w, base_size = int(config["test_h"]), int(config["test_w"]), int(config["base_size"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointModelError(f"the config lacks a model or test setting: {exc}") from None
-    if int(_setting(config, "classes", len(info.classes))) != len(info.classes):
+    except (ConfigError, ValueError) as exc:
+        kind = "dataset metadata" if isinstance(exc, DatasetError) else "the config"
+        raise CheckpointModelError(f"{kind}: {exc}") from None
+    if config.classes != len(info.classes):
         raise CheckpointModelError(f"dataset {info.name!r} has {len(info.classes)} classes, "
-                                   f"the config's model {config['classes']}")
+                                   f"the config's model {config.classes}")
     meta = ModelMetadata(
-        name=f"{info.name}_{_ARCH_NAMES.get(arch, arch)}{layers}",
+        name=f"{info.name}_{name}",
         version=0,
-        arch=arch,
-        layers=layers,
+        arch=config.arch,
+        layers=config.layers,
         dataset=info.name,
         classes=list(info.classes),
         palette=[[int(v) for v in row] for row in np.asarray(info.palette)],
-        crop_h=crop_h,
-        crop_w=crop_w,
-        mean=[float(v) for v in _setting(config, "mean", IMAGENET_MEAN)],
-        std=[float(v) for v in _setting(config, "std", IMAGENET_STD)],
-        ignore_label=int(_setting(config, "ignore_label", 255)),
-        base_size=base_size,
-        test_scales=[float(s) for s in _setting(config, "scales", [1.0])],
-        flip=bool(_setting(config, "flip", True)),
+        crop_h=config.test_h,
+        crop_w=config.test_w,
+        mean=[float(v) for v in IMAGENET_MEAN],
+        std=[float(v) for v in IMAGENET_STD],
+        ignore_label=config.ignore_label,
+        base_size=config.base_size,
+        test_scales=list(config.scales),
+        flip=config.flip,
         max_batch_size=DEFAULT_MAX_BATCH_SIZE,
         platform="pytorch_eager",
         files={},
         checkpoint_name=Path(checkpoint).name,
         checkpoint_path=str(Path(checkpoint).resolve()) if checkpoint else "",
     )
-    meta.validate(f"config {getattr(config, 'path', '')}".strip())
+    meta.validate(f"config {config.path or ''}".strip())
     return meta
 
 
@@ -123,7 +107,7 @@ def open_checkpoint(config, checkpoint: str | os.PathLike[str], device: str = "a
     from training.models import CheckpointError, build_model, load_checkpoint
     from training.runners import TorchRunner
 
-    if not hasattr(config, "get"):
+    if isinstance(config, (str, os.PathLike)):
         config = read_config(config)
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():

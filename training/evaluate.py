@@ -18,10 +18,9 @@ Library use (the retraining pipeline): `evaluate_dataset(cfg, model=...)` and
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,9 @@ from PIL import Image
 from tqdm import tqdm
 
 from serving.pipeline import InferenceOptions, PipelineSpec, PipelineStats, predict_label
+from training.config import Config, as_config
 from training.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from training.datasets import label_mapping
 from training.metrics import ABSENT_POLICIES, DEFAULT_ABSENT, AreaMeter
 from training.original_log import eval_result_lines, get_logger
 from training.reports import format_table, write_reports
@@ -49,61 +50,45 @@ class EvaluationItem:
     name: str  # file stem of the image: gray/<name>.png, color/<name>.png
 
 
-# --- config access -----------------------------------------------------------------------------
-def _setting(cfg, key: str, default=None):
-    """cfg[key] if present and not None, else default (configs may leave TEST keys out)."""
-    try:
-        value = cfg[key]
-    except (KeyError, AttributeError):
-        value = getattr(cfg, key, None)
-    return default if value is None else value
-
-
-def _required(cfg, key: str):
-    value = _setting(cfg, key)
-    if value is None:
+# --- config ------------------------------------------------------------------------------------
+# Every public function here takes a Config or a flat mapping (`training.config.as_config`, partial:
+# evaluation needs no `arch` when it only re-scores predictions); the defaults are the schema's.
+def must_be_set(cfg: Config, key: str) -> str:
+    """An optional key (a path: test_list, model_path, save_folder) that sceneparse test needs."""
+    if cfg[key] is None:
         raise EvaluationError(f"config key {key!r} is required for sceneparse test")
-    return value
+    return cfg[key]
 
 
-def pipeline_spec(cfg) -> PipelineSpec:
+def pipeline_spec(cfg: Config | Mapping) -> PipelineSpec:
     """The pipeline's geometry from the config: crop test_h x test_w, classes, base_size."""
-    return PipelineSpec(
-        crop_h=int(_required(cfg, "test_h")),
-        crop_w=int(_required(cfg, "test_w")),
-        num_classes=int(_required(cfg, "classes")),
-        mean=IMAGENET_MEAN,
-        std=IMAGENET_STD,
-        base_size=int(_required(cfg, "base_size")),
-    )
+    cfg = as_config(cfg, partial=True)
+    return PipelineSpec(crop_h=cfg.test_h, crop_w=cfg.test_w, num_classes=cfg.classes, mean=IMAGENET_MEAN,
+                        std=IMAGENET_STD, base_size=cfg.base_size)
 
 
-def inference_options(cfg) -> InferenceOptions:
-    """Scales (`scales`, default [1.0]) and flip (`flip`, default True) from the config."""
-    scales = _setting(cfg, "scales", [1.0])
-    if isinstance(scales, (int, float)):
-        scales = [scales]
-    scales = tuple(float(s) for s in scales)
-    if not scales or any(s <= 0 for s in scales):
-        raise EvaluationError(f"config key 'scales' must be a list of positive numbers, got {list(scales)}")
-    return InferenceOptions(scales=scales, flip=bool(_setting(cfg, "flip", True)))
+def inference_options(cfg: Config | Mapping) -> InferenceOptions:
+    """Scales (`scales`) and flip (`flip`) from the config."""
+    cfg = as_config(cfg, partial=True)
+    return InferenceOptions(scales=tuple(cfg.scales), flip=cfg.flip)
 
 
 # --- the split ---------------------------------------------------------------------------------
-def has_labels(cfg) -> bool:
+def has_labels(cfg: Config | Mapping) -> bool:
     """The original scores every split but "test" (whose list may have no label column)."""
-    return str(_setting(cfg, "split", "val")) != "test"
+    return as_config(cfg, partial=True).split != "test"
 
 
-def read_items(cfg) -> list[EvaluationItem]:
+def read_items(cfg: Config | Mapping) -> list[EvaluationItem]:
     """The images (and labels unless `split` is "test") of `test_list`, relative to `data_root`."""
     from training.data.lists import read_list
 
-    list_path = Path(_required(cfg, "test_list"))
-    split = str(_setting(cfg, "split", "val"))
+    cfg = as_config(cfg, partial=True)
+    list_path = Path(must_be_set(cfg, "test_list"))
+    split = cfg.split
     items = []
     seen: dict[str, str] = {}
-    for image_path, label_path in read_list(list_path, _setting(cfg, "data_root", "."), split):
+    for image_path, label_path in read_list(list_path, cfg.data_root or ".", split):
         name = Path(image_path).stem
         if name in seen:
             raise EvaluationError(
@@ -230,35 +215,24 @@ def score_predictions(
 
 
 # --- the whole run -----------------------------------------------------------------------------
-def label_mapping_for(cfg):
-    """The dataset's label-id -> train-id mapping, or None; the same rule as training uses."""
-    from training.train import MAPPED_DATASETS
-
-    dataset = _setting(cfg, "dataset")
-    if dataset not in MAPPED_DATASETS:
-        return None
-    from training.datasets import map_labels
-
-    return functools.partial(map_labels, dataset=dataset)
-
-
-def default_device(cfg) -> str:
+def default_device(cfg: Config | Mapping) -> str:
     """cuda:<first of test_gpu> when CUDA is available and test_gpu lists a GPU, else cpu."""
     import torch
 
-    gpus = list(_setting(cfg, "test_gpu", []) or [])
+    gpus = list(as_config(cfg, partial=True).test_gpu or [])
     return f"cuda:{int(gpus[0])}" if gpus and torch.cuda.is_available() else "cpu"
 
 
-def load_model(cfg):
+def load_model(cfg: Config | Mapping):
     """The config's network without aux head, weights from `model_path` (eval mode, CPU)."""
     from training.models import build_model, load_checkpoint
 
-    model_path = Path(_required(cfg, "model_path"))
+    cfg = as_config(cfg, partial=True)
+    model_path = Path(must_be_set(cfg, "model_path"))
     if not model_path.is_file():
         raise EvaluationError(f"config key 'model_path': checkpoint {model_path} does not exist")
     # The checkpoint holds every weight: do not read ImageNet backbone weights first.
-    model = build_model({**dict(cfg), "pretrained_backbone": None}, aux=False)
+    model = build_model(cfg.merged({"pretrained_backbone": None}), aux=False)
     load_checkpoint(model, model_path)
     return model.eval()
 
@@ -298,14 +272,15 @@ def evaluate_dataset(
     if absent not in ABSENT_POLICIES:
         raise EvaluationError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
     started = time.perf_counter()
+    cfg = as_config(cfg, partial=True)
     info = dataset_info_for_config(cfg)
     spec, options = pipeline_spec(cfg), inference_options(cfg)
-    save_folder = Path(_required(cfg, "save_folder"))
+    save_folder = Path(must_be_set(cfg, "save_folder"))
     all_items = read_items(cfg)
-    items, start, end = shard(all_items, int(_setting(cfg, "index_start", 0)), int(_setting(cfg, "index_step", 0)))
+    items, start, end = shard(all_items, cfg.index_start, cfg.index_step)
     result: dict = {}
     seconds_per_image = None
-    if not _setting(cfg, "has_prediction", False):
+    if not cfg.has_prediction:
         from training.runners import TorchRunner
 
         model = load_model(cfg) if model is None else model
@@ -313,8 +288,8 @@ def evaluate_dataset(
             model,
             device or default_device(cfg),
             max_batch_size=batch_size,
-            amp=_setting(cfg, "amp"),
-            channels_last=bool(_setting(cfg, "channels_last", False)),
+            amp=cfg.amp,
+            channels_last=cfg.channels_last,
         )
         tick = time.perf_counter()
         predict_items(items, runner, spec, options, save_folder, info.palette, progress)
@@ -326,8 +301,8 @@ def evaluate_dataset(
             save_folder / "gray",
             spec.num_classes,
             list(info.classes),
-            int(_setting(cfg, "ignore_label", 255)),
-            label_mapping_for(cfg),
+            cfg.ignore_label,
+            label_mapping(cfg.dataset),
             absent,
             progress,
         )
@@ -340,21 +315,29 @@ def evaluate_dataset(
         seconds_per_image=seconds_per_image,
     )
     if has_labels(cfg) and write_report_files:
-        settings = {
-            "config": str(getattr(cfg, "path", None) or ""),
-            "model_path": str(_setting(cfg, "model_path", "")),
-            "test_list": str(_setting(cfg, "test_list", "")),
-            "split": str(_setting(cfg, "split", "val")),
-            "scales": list(options.scales),
-            "flip": options.flip,
-            "base_size": spec.base_size,
-            "crop": [spec.crop_h, spec.crop_w],
-        }
-        extra = {key: result[key] for key in ("images", "index_start", "index_end", "seconds_per_image")}
-        paths = write_reports(result, save_folder, report_stem(start, end, len(all_items)), {**extra, "settings": settings})
-        reports = {kind: str(path) for kind, path in paths.items()}
+        source = {"config": str(cfg.path or ""), "model_path": str(cfg.model_path or "")}
+        reports = write_result_reports(result, cfg, spec, options, len(all_items), source)
     result["reports"] = reports
     return result
+
+
+def write_result_reports(result: dict, cfg: Config, spec: PipelineSpec, options: InferenceOptions, total: int,
+                         source: dict) -> dict[str, str]:
+    """`<save_folder>/<stem>.{json,csv,png}` of a scored run (`report_stem`), with the run's settings:
+    `source` (what was evaluated) and the protocol. Returns {kind: path}."""
+    settings = {
+        **source,
+        "test_list": str(cfg.test_list or ""),
+        "split": cfg.split,
+        "scales": list(options.scales),
+        "flip": options.flip,
+        "base_size": spec.base_size,
+        "crop": [spec.crop_h, spec.crop_w],
+    }
+    extra = {key: result[key] for key in ("images", "index_start", "index_end", "seconds_per_image")}
+    stem = report_stem(result["index_start"], result["index_end"], total)
+    paths = write_reports(result, result["save_folder"], stem, {**extra, "settings": settings})
+    return {kind: str(path) for kind, path in paths.items()}
 
 
 # --- command line ------------------------------------------------------------------------------

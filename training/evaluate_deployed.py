@@ -20,45 +20,31 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from serving.pipeline import InferenceOptions, PipelineSpec
 from serving.repository import ModelMetadata, ModelRepository, RepositoryError
+from training.config import Config, as_config
+from training.datasets import label_mapping
 from training.evaluate import (
     EvaluationError,
     has_labels,
     inference_options,
-    label_mapping_for,
     log_eval_result,
+    must_be_set,
     predict_items,
     read_items,
-    report_stem,
     score_predictions,
     shard,
+    write_result_reports,
 )
 from training.metrics import ABSENT_POLICIES
-from training.reports import format_table, write_reports
+from training.reports import format_table
 
 BACKENDS = ("onnxruntime", "triton")
-
-
-def _setting(cfg, key: str, default=None):
-    """cfg[key] if present and not None, else default."""
-    try:
-        value = cfg[key]
-    except (KeyError, AttributeError, TypeError):
-        value = None
-    return default if value is None else value
-
-
-def _required(cfg, key: str):
-    value = _setting(cfg, key)
-    if value is None:
-        raise EvaluationError(f"config key {key!r} is required for sceneparse test")
-    return value
 
 
 def _one_line(exc: BaseException) -> str:
@@ -78,7 +64,7 @@ def parse_model(text: str) -> tuple[str, int | None]:
     return name, int(version)
 
 
-def deployed_config(meta: ModelMetadata, config: str | None = None, overrides: Sequence[str] = ()):
+def deployed_config(meta: ModelMetadata, config: str | None = None, overrides: Sequence[str] = ()) -> Config:
     """The evaluation config: `config` (a YAML path) or the one recorded at export, plus overrides."""
     from training.config import config_from_mapping, load_config
 
@@ -90,10 +76,10 @@ def deployed_config(meta: ModelMetadata, config: str | None = None, overrides: S
         cfg = config_from_mapping(meta.config)
         if overrides:
             cfg = cfg.merged(list(overrides))
-    classes = int(_setting(cfg, "classes", meta.num_classes))
+    classes = cfg.classes
     if classes != meta.num_classes:
         raise EvaluationError(f"the config has {classes} classes, {meta.name} v{meta.version} {meta.num_classes}")
-    crop = (int(_setting(cfg, "test_h", meta.crop_h)), int(_setting(cfg, "test_w", meta.crop_w)))
+    crop = (cfg.test_h, cfg.test_w)
     if crop != (meta.crop_h, meta.crop_w):
         raise EvaluationError(
             f"the config's crop (test_h x test_w) is {crop[0]}x{crop[1]}, but {meta.name} v{meta.version}'s graph "
@@ -101,10 +87,10 @@ def deployed_config(meta: ModelMetadata, config: str | None = None, overrides: S
     return cfg
 
 
-def deployed_spec(meta: ModelMetadata, cfg) -> tuple[PipelineSpec, InferenceOptions]:
+def deployed_spec(meta: ModelMetadata, cfg: Config) -> tuple[PipelineSpec, InferenceOptions]:
     """The version's geometry (crop, classes, mean/std, stride rate) with the config's protocol."""
     spec = PipelineSpec(meta.crop_h, meta.crop_w, meta.num_classes, tuple(meta.mean), tuple(meta.std),
-                        int(_setting(cfg, "base_size", meta.base_size)))
+                        cfg.base_size)
     protocol = inference_options(cfg)
     return spec, InferenceOptions(scales=protocol.scales, flip=protocol.flip, stride_rate=meta.stride_rate)
 
@@ -128,7 +114,7 @@ def evaluate_deployed(
     repository: str | Path | ModelRepository,
     name: str,
     version: int | None = None,
-    cfg=None,
+    cfg: Config | Mapping | None = None,
     *,
     backend: str = "onnxruntime",
     triton_url: str | None = None,
@@ -157,13 +143,13 @@ def evaluate_deployed(
     repo = repository if isinstance(repository, ModelRepository) else ModelRepository(repository)
     repo.check_root()
     meta = repo.read_metadata(name, version)
-    cfg = deployed_config(meta) if cfg is None else cfg
+    cfg = deployed_config(meta) if cfg is None else as_config(cfg, partial=True)
     spec, options = deployed_spec(meta, cfg)
-    save_folder = Path(_required(cfg, "save_folder"))
+    save_folder = Path(must_be_set(cfg, "save_folder"))
     all_items = read_items(cfg)
-    items, start, end = shard(all_items, int(_setting(cfg, "index_start", 0)), int(_setting(cfg, "index_step", 0)))
+    items, start, end = shard(all_items, cfg.index_start, cfg.index_step)
     seconds_per_image = None
-    if not _setting(cfg, "has_prediction", False):
+    if not cfg.has_prediction:
         runner = open_backend(backend, repo.root, triton_url, threads).open(repo, meta)
         try:
             tick = time.perf_counter()
@@ -175,22 +161,16 @@ def evaluate_deployed(
     if has_labels(cfg):
         scoring = {"absent": absent} if absent is not None else {}
         result = score_predictions(items, save_folder / "gray", spec.num_classes, list(meta.classes),
-                                   int(_setting(cfg, "ignore_label", meta.ignore_label)), label_mapping_for(cfg),
+                                   cfg.ignore_label, label_mapping(cfg.dataset),
                                    progress=progress, **scoring)
     result.update(images=len(items), index_start=start, index_end=end, save_folder=str(save_folder),
                   seconds=time.perf_counter() - started, seconds_per_image=seconds_per_image,
                   model=meta.name, version=meta.version, precision=meta.precision, backend=backend)
     reports: dict[str, str] = {}
     if has_labels(cfg) and write_report_files:
-        settings = {
-            "repository": str(repo.root), "model": meta.name, "version": meta.version, "precision": meta.precision,
-            "backend": backend, "test_list": str(_setting(cfg, "test_list", "")),
-            "split": str(_setting(cfg, "split", "val")), "scales": list(options.scales), "flip": options.flip,
-            "base_size": spec.base_size, "crop": [spec.crop_h, spec.crop_w],
-        }
-        extra = {key: result[key] for key in ("images", "index_start", "index_end", "seconds_per_image")}
-        paths = write_reports(result, save_folder, report_stem(start, end, len(all_items)), {**extra, "settings": settings})
-        reports = {kind: str(path) for kind, path in paths.items()}
+        source = {"repository": str(repo.root), "model": meta.name, "version": meta.version,
+                  "precision": meta.precision, "backend": backend}
+        reports = write_result_reports(result, cfg, spec, options, len(all_items), source)
     result["reports"] = reports
     return result
 

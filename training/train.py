@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import math
 import os
 import random
@@ -50,6 +49,8 @@ from training.checkpoints import (
     restore_rng_state,
     to_original_layout,
 )
+from training.config import Config, as_config
+from training.datasets import label_mapping as dataset_label_mapping
 from training.metrics import ABSENT_POLICIES, DEFAULT_ABSENT
 from training.optim import build_optimizer, poly_learning_rate, set_learning_rate
 from training.original_log import (
@@ -106,7 +107,7 @@ def labels_for_logits(target: torch.Tensor, size: Sequence[int]) -> torch.Tensor
     return target.index_select(-2, rows).index_select(-1, cols)
 
 
-def build_criterion(cfg: Any) -> nn.Module:
+def build_criterion(cfg: Config) -> nn.Module:
     """The original's loss, for the main and the aux head alike: cross-entropy over the classes,
     pixels labelled `ignore_label` left out of the loss and of its mean."""
     return nn.CrossEntropyLoss(ignore_index=int(cfg.ignore_label))
@@ -118,7 +119,7 @@ def train_one_epoch(
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
     epoch: int,
-    cfg: Any,
+    cfg: Config,
     *,
     device: torch.device,
     max_iter: int,
@@ -333,12 +334,9 @@ def seed_everything(seed: int | None, rank: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def _config_dict(cfg: Any) -> dict[str, Any]:
+def _config_dict(cfg: Config) -> dict[str, Any]:
     """The config as a plain dict of plain values (for checkpoints and weights_only loading)."""
-    if hasattr(cfg, "to_dict"):
-        raw = cfg.to_dict()
-    else:
-        raw = dict(cfg)
+    raw = cfg.to_dict()
 
     def plain(value: Any) -> Any:
         if isinstance(value, (str, int, float, bool)) or value is None:
@@ -352,7 +350,7 @@ def _config_dict(cfg: Any) -> dict[str, Any]:
     return {str(k): plain(v) for k, v in raw.items()}
 
 
-def check_config(cfg: Any) -> None:
+def check_config(cfg: Config) -> None:
     """Reject option combinations the loop cannot run, naming the key (ValueError)."""
     for key in ("train_list", "data_root", "save_path"):
         if not cfg[key]:
@@ -373,7 +371,7 @@ def check_config(cfg: Any) -> None:
         backbone_weights_path(cfg)  # the ImageNet file must be there before any process starts
 
 
-def _build_model(cfg: Any) -> nn.Module:
+def _build_model(cfg: Config) -> nn.Module:
     from training.models import backbone_weights_path, build_model, load_backbone_weights
 
     model = build_model(cfg, aux=True, backbone_weights=False)
@@ -398,11 +396,11 @@ def _build_model(cfg: Any) -> nn.Module:
     return model
 
 
-def _data_loaders(cfg: Any, state: du.DistributedState, sampler_seed: int) -> tuple[DataLoader, DataLoader | None]:
+def _data_loaders(cfg: Config, state: du.DistributedState, sampler_seed: int) -> tuple[DataLoader, DataLoader | None]:
     from training.data.dataset import SegmentationDataset
     from training.data.transforms import train_transform, val_transform
 
-    label_mapping = _label_mapping(cfg)
+    label_mapping = dataset_label_mapping(cfg.dataset)
     train_data = SegmentationDataset(
         "train", cfg.data_root, cfg.train_list, train_transform(cfg), label_mapping, cfg.ignore_label
     )
@@ -435,19 +433,6 @@ def _data_loaders(cfg: Any, state: du.DistributedState, sampler_seed: int) -> tu
         val_batch = max(1, cfg.batch_size_val // state.world_size)
         val_loader = DataLoader(shard, batch_size=val_batch, shuffle=False, num_workers=workers)
     return train_loader, val_loader
-
-
-# Packaged datasets whose label files hold ids other than the train ids (see training.datasets).
-MAPPED_DATASETS = ("ade20k", "cityscapes", "camvid", "camvid_segnet")
-
-
-def _label_mapping(cfg: Any):
-    """The dataset's label-id -> train-id mapping (e.g. ADE20K's 0 -> 255, k -> k-1), or None."""
-    if cfg.get("dataset") not in MAPPED_DATASETS:
-        return None
-    from training.datasets import map_labels
-
-    return functools.partial(map_labels, dataset=cfg.dataset)
 
 
 def _autocast_dtype(precision: Precision, device: torch.device) -> torch.dtype | None:
@@ -511,7 +496,7 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _save_checkpoints(
-    save_path: Path, payload: dict[str, Any], epoch: int, cfg: Any, final: bool
+    save_path: Path, payload: dict[str, Any], epoch: int, cfg: Config, final: bool
 ) -> Path:
     """Write last.pth (every epoch), train_epoch_N.pth (every save_freq) and final.pth (at the end)."""
     last = atomic_save(payload, save_path / LAST_CHECKPOINT)
@@ -537,7 +522,7 @@ def _write_curves(history: list[dict[str, Any]], save_path: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def main_worker(index: int | None, cfg: Any, nprocs: int = 1, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
+def main_worker(index: int | None, cfg: Config, nprocs: int = 1, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
     """Train in this process (index: spawned worker number, None when not spawned).
 
     `absent` is validation's absent-class policy ("zero" as the original, or "exclude").
@@ -570,7 +555,7 @@ def main_worker(index: int | None, cfg: Any, nprocs: int = 1, absent: str = DEFA
         du.cleanup()
 
 
-def _train(cfg: Any, state: du.DistributedState, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
+def _train(cfg: Config, state: du.DistributedState, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
     device = state.device
     seed_everything(cfg.manual_seed, state.rank)
     save_path = Path(cfg.save_path)
@@ -717,7 +702,7 @@ def _spawned_worker(index: int, config_values: dict[str, Any], nprocs: int, resu
         torch.save(result, results_path)
 
 
-def _spawn_config(cfg: Any, nprocs: int) -> Any:
+def _spawn_config(cfg: Config, nprocs: int) -> Any:
     """The config the spawned workers get: as the original, they meet on a free local port.
 
     A fixed `dist_url` (the configs' tcp://127.0.0.1:6789) would make two runs on one machine
@@ -732,16 +717,18 @@ def _spawn_config(cfg: Any, nprocs: int) -> Any:
     return cfg.merged({"dist_url": url})
 
 
-def run_training(cfg: Any, cpu_processes: int = 1, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
+def run_training(cfg: Config, cpu_processes: int = 1, absent: str = DEFAULT_ABSENT) -> dict[str, Any]:
     """Train from a loaded config in this process, in spawned workers, or as one torchrun worker.
 
     Args:
-        cfg: a `training.config.Config` (validated with `check_config`).
+        cfg: a `training.config.Config`, a flat mapping or a YAML path (`training.config.as_config`;
+            then checked with `check_config`).
         cpu_processes: on the CPU, how many gloo processes to spawn (1: train in this process).
         absent: validation's absent-class policy, "zero" (the original's) or "exclude".
     Returns:
         The main process's `main_worker` result: {"history", "metrics", "checkpoint"}.
     """
+    cfg = as_config(cfg)
     check_config(cfg)
     if absent not in ABSENT_POLICIES:
         raise ValueError(f"absent must be one of {ABSENT_POLICIES}, got {absent!r}")
@@ -751,7 +738,7 @@ def run_training(cfg: Any, cpu_processes: int = 1, absent: str = DEFAULT_ABSENT)
         gpus = []
     if du.launched_by_torchrun():
         return main_worker(None, cfg, absent=absent)
-    if int(cfg.get("world_size", 1) or 1) > 1:
+    if cfg.world_size > 1:
         # The original's world_size counts nodes; spawned workers here only ever span this machine.
         raise ValueError(
             f"config key world_size={cfg.world_size} asks for several nodes: launch with torchrun on each node "

@@ -55,10 +55,15 @@ def test_registry_lists_every_arch_and_depth():
 def test_unknown_names_and_configs_list_the_choices():
     with pytest.raises(ValueError, match="choose one of .*pspnet50"):
         get_model_builder("pspnet49")
-    with pytest.raises(ValueError, match=r"unknown arch 'deeplab'; choose one of psp, psa"):
+    # A config is validated by its schema (training.config), which names the key and the choices.
+    with pytest.raises(ValueError, match=r"arch: 'deeplab' is not one of 'psp', 'psa'"):
         build_model({"arch": "deeplab", "layers": 50, "classes": 5})
-    with pytest.raises(ValueError, match=r"unknown layers 20 .*18, 34, 50, 101, 152"):
+    with pytest.raises(ValueError, match=r"layers: 20 is not one of 18, 34, 50, 101, 152"):
         build_model({"arch": "psp", "layers": 20, "classes": 5})
+    with pytest.raises(ValueError, match=r"unknown arch 'deeplab'; choose one of psp, psa"):
+        model_name("deeplab", 50)
+    with pytest.raises(ValueError, match=r"unknown layers 20 .*18, 34, 50, 101, 152"):
+        model_name("psp", 20)
     with pytest.raises(ValueError, match="'classes'"):
         build_model({"arch": "psp", "layers": 18})
     with pytest.raises(ValueError, match="zoom_factor"):

@@ -290,10 +290,11 @@ def test_presets_read_a_loaded_config():
 @pytest.mark.parametrize(
     ("change", "error", "message"),
     [
-        ({"train_h": None}, KeyError, "train_h"),
-        ({"label_scale": 4}, ValueError, "label_scale must be 1 or 8"),
-        ({"scale_min": 3.0}, ValueError, "RandScale scale"),
-        ({"rotate_min": "a"}, ValueError, "RandRotate rotate"),
+        # The config's schema (training.config) checks every value before the transforms see it.
+        ({"train_h": 64}, ValueError, "train_h: 64 is not a valid crop size"),
+        ({"label_scale": 4}, ValueError, "label_scale: 4 is not one of 1, 8"),
+        ({"scale_min": 3.0}, ValueError, r"scale_min \(3.0\) is larger than scale_max"),
+        ({"rotate_min": "a"}, ValueError, "rotate_min: expected a number"),
     ],
 )
 def test_bad_config_values_are_named(change, error, message):

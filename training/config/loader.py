@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from training.config.errors import ConfigError
+from training.config.errors import ConfigError, MissingKeyError
 from training.config.registry import find_config
 from training.config.schema import ADDITIONS, CROP_KEYS, KEYS, SECTIONS, Key
 
@@ -96,7 +96,7 @@ def _check_consistency(values: Mapping[str, Any]) -> None:
             )
     positive = ("classes", "batch_size", "batch_size_val", "epochs", "base_size", "save_freq", "print_freq")
     for key in positive:
-        if values[key] is not None and values[key] <= 0:
+        if values.get(key) is not None and values[key] <= 0:
             raise ConfigError(f"{key}: must be positive, got {values[key]}")
     if values["scale_min"] > values["scale_max"]:
         raise ConfigError(
@@ -230,7 +230,8 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
 class Config(Mapping[str, Any]):
     """A flat, validated config: `cfg.base_lr`, `cfg["base_lr"]`, `cfg.get("x", d)`, `cfg.to_dict()`.
 
-    Every known key is present (defaults fill what a file omits). Assigning a known key
+    Every known key is present (defaults fill what a file omits), except the required keys a
+    partial config was built without (`config_from_mapping(..., partial=True)`). Assigning a known key
     (`cfg.epochs = 2`) is validated like an override; unknown keys raise ConfigError.
     `path` is the file the config came from (None when built from a mapping).
     """
@@ -242,7 +243,12 @@ class Config(Mapping[str, Any]):
         object.__setattr__(self, "path", path)
 
     def __getitem__(self, key: str) -> Any:
-        return self._values[key]
+        try:
+            return self._values[key]
+        except KeyError:
+            if key in KEYS:
+                raise self._missing(key) from None
+            raise
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -254,7 +260,13 @@ class Config(Mapping[str, Any]):
         try:
             return self._values[key]
         except KeyError:
-            raise AttributeError(f"config has no key {key!r}{_suggest(key)}") from None
+            raise self._missing(key) from None
+
+    @staticmethod
+    def _missing(key: str) -> Exception:
+        if key in KEYS:  # a required key left out of a partial config (config_from_mapping)
+            return MissingKeyError(f"config has no {key!r}; it is required here")
+        return AttributeError(f"config has no key {key!r}{_suggest(key)}")
 
     def __setattr__(self, key: str, value: Any) -> None:
         self[key] = value
@@ -289,7 +301,8 @@ class Config(Mapping[str, Any]):
         """The config as YAML in the original sectioned layout (loads back to an equal Config)."""
         sections: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         for key, spec in KEYS.items():
-            sections[spec.section][key] = self.to_dict()[key]
+            if key in self._values:  # a partial config leaves its missing required keys out
+                sections[spec.section][key] = self.to_dict()[key]
         return yaml.safe_dump(sections, sort_keys=False, default_flow_style=False)
 
 
@@ -302,15 +315,21 @@ def defaults() -> dict[str, Any]:
     }
 
 
-def config_from_mapping(values: Mapping[str, Any], path: Path | None = None) -> Config:
-    """Validate a flat `{key: value}` mapping (e.g. a config stored in a checkpoint) into a Config."""
+def config_from_mapping(values: Mapping[str, Any], path: Path | None = None, *, partial: bool = False) -> Config:
+    """Validate a flat `{key: value}` mapping (e.g. a config stored in a checkpoint) into a Config.
+
+    `partial=True` is for library functions that need only some keys (the data transforms, the
+    scoring of predictions): the keys given are validated, the others take the schema's defaults,
+    and the required keys (classes, arch, layers) may be missing; reading one then raises
+    AttributeError / KeyError naming it.
+    """
     merged = defaults()
     for key, value in values.items():
         if key not in KEYS:
             raise ConfigError(f"unknown key {key!r}{_suggest(str(key))}")
         merged[key] = check_value(key, value)
     missing = [k for k, s in KEYS.items() if s.required and k not in merged]
-    if missing:
+    if missing and not partial:
         raise ConfigError(f"missing required key{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     _check_consistency(merged)
     return Config(merged, path)
@@ -342,21 +361,26 @@ def load_config(path: str | Path, overrides: Sequence[str] | None = None) -> Con
         raise ConfigError(f"{path}: {exc}") from None
 
 
-def as_config(value: Config | Mapping[str, Any] | str | os.PathLike[str]) -> Config:
+def as_config(value: Any, *, partial: bool = False) -> Config:
     """The one conversion public entry points make: whatever came in, as a validated Config.
 
     A Config is returned as is; a flat `{key: value}` mapping (e.g. the config stored in a
-    checkpoint) is validated with `config_from_mapping`; a path or a shipped config's name is
-    read with `load_config`. Internals then take a Config and read `cfg.key`: the defaults live
-    in `schema.KEYS` only. Raises ConfigError for anything else or any invalid content.
+    checkpoint) is validated with `config_from_mapping` (`partial` as there); a path or a shipped
+    config's name is read with `load_config`; any other object is read as the mapping of its
+    attributes (`types.SimpleNamespace(arch="psp", ...)`). Internals then take a Config and read
+    `cfg.key`: the defaults live in `schema.KEYS` only. Raises ConfigError for invalid content.
     """
     if isinstance(value, Config):
         return value
     if isinstance(value, Mapping):
-        return config_from_mapping(value)
+        return config_from_mapping(value, partial=partial)
     if isinstance(value, (str, os.PathLike)):
         return load_config(value)
-    raise ConfigError(f"a config is a YAML path, a mapping or a Config, not {type(value).__name__}")
+    try:
+        attributes = vars(value)
+    except TypeError:
+        raise ConfigError(f"a config is a YAML path, a mapping or a Config, not {type(value).__name__}") from None
+    return config_from_mapping(attributes, partial=partial)
 
 
 __all__ = [

@@ -27,11 +27,13 @@ from __future__ import annotations
 import math
 import numbers
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import cv2
 import numpy as np
+
+from training.config import as_config
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -367,51 +369,28 @@ class DownscaleLabel:
 
 
 # --- presets -----------------------------------------------------------------------------------
-_MISSING = object()
-
-
-def _cfg(cfg, key: str, default: Any = _MISSING) -> Any:
-    """`cfg[key]` for a Config, a dict or any attribute object; a clear KeyError if required."""
-    if isinstance(cfg, Mapping):
-        value = cfg.get(key, _MISSING)
-    else:
-        try:
-            value = cfg[key]
-        except (KeyError, TypeError, AttributeError):
-            value = getattr(cfg, key, _MISSING)
-    if value is _MISSING or value is None:
-        if default is _MISSING:
-            raise KeyError(f"config has no {key!r} (needed by the data transforms)")
-        return default
-    return value
-
-
-def _mean_std(cfg) -> tuple[list[float], list[float]]:
-    return list(_cfg(cfg, "mean", IMAGENET_MEAN)), list(_cfg(cfg, "std", IMAGENET_STD))
-
-
 def train_transform(cfg, rng=None) -> Compose:
     """The original training preset from config keys.
 
     RandScale([scale_min, scale_max]) -> RandRotate([rotate_min, rotate_max], mean, ignore_label)
     -> RandomGaussianBlur() -> RandomHorizontalFlip() -> Crop([train_h, train_w], "rand", mean,
     ignore_label) -> [DownscaleLabel(label_scale) when label_scale > 1] -> ToTensor() ->
-    Normalize(mean, std). mean/std default to ImageNet x 255 (keys `mean`/`std` override).
+    Normalize(mean, std) with ImageNet's mean/std x 255, as the original.
     Output: float32 (3, train_h, train_w) and int64 labels (train_h, train_w), or 1/label_scale.
+
+    `cfg` is a Config or a mapping of the keys it needs (validated by `training.config.as_config`;
+    keys it leaves out take the schema's defaults).
     """
-    mean, std = _mean_std(cfg)
-    ignore = int(_cfg(cfg, "ignore_label", 255))
+    cfg = as_config(cfg, partial=True)
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
     steps = [
-        RandScale([_cfg(cfg, "scale_min"), _cfg(cfg, "scale_max")], rng=rng),
-        RandRotate([_cfg(cfg, "rotate_min"), _cfg(cfg, "rotate_max")], padding=mean, ignore_label=ignore, rng=rng),
+        RandScale([cfg.scale_min, cfg.scale_max], rng=rng),
+        RandRotate([cfg.rotate_min, cfg.rotate_max], padding=mean, ignore_label=cfg.ignore_label, rng=rng),
         RandomGaussianBlur(rng=rng),
         RandomHorizontalFlip(rng=rng),
-        Crop([int(_cfg(cfg, "train_h")), int(_cfg(cfg, "train_w"))], crop_type="rand", padding=mean,
-             ignore_label=ignore, rng=rng),
+        Crop([cfg.train_h, cfg.train_w], crop_type="rand", padding=mean, ignore_label=cfg.ignore_label, rng=rng),
     ]
-    label_scale = int(_cfg(cfg, "label_scale", 1))
-    if label_scale not in (1, 8):
-        raise ValueError(f"config label_scale must be 1 or 8, got {label_scale}")
+    label_scale = cfg.label_scale
     if label_scale > 1:
         steps.append(DownscaleLabel(label_scale))
     return Compose([*steps, ToTensor(), Normalize(mean, std)])
@@ -421,8 +400,7 @@ def val_transform(cfg) -> Compose:
     """The original validation preset: Crop([train_h, train_w], "center", mean, ignore_label) ->
     ToTensor() -> Normalize(mean, std). Labels stay at full scale (metrics are full-resolution).
     """
-    mean, std = _mean_std(cfg)
-    ignore = int(_cfg(cfg, "ignore_label", 255))
-    crop = Crop([int(_cfg(cfg, "train_h")), int(_cfg(cfg, "train_w"))], crop_type="center", padding=mean,
-                ignore_label=ignore)
+    cfg = as_config(cfg, partial=True)
+    mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    crop = Crop([cfg.train_h, cfg.train_w], crop_type="center", padding=mean, ignore_label=cfg.ignore_label)
     return Compose([crop, ToTensor(), Normalize(mean, std)])

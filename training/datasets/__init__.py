@@ -7,7 +7,13 @@
 """
 
 from training.datasets.colorize import colorize
-from training.datasets.label_maps import CITYSCAPES_ID_TO_TRAINID, label_lut, map_labels
+from training.datasets.label_maps import (
+    CITYSCAPES_ID_TO_TRAINID,
+    MAPPED_DATASETS,
+    label_lut,
+    label_mapping,
+    map_labels,
+)
 from training.datasets.metadata import (
     IGNORE_LABEL,
     PACKAGED_DATASETS,
@@ -26,6 +32,7 @@ from training.datasets.metadata import (
 __all__ = [
     "CITYSCAPES_ID_TO_TRAINID",
     "IGNORE_LABEL",
+    "MAPPED_DATASETS",
     "PACKAGED_DATASETS",
     "DatasetError",
     "DatasetInfo",
@@ -33,6 +40,7 @@ __all__ = [
     "dataset_info",
     "dataset_info_for_config",
     "label_lut",
+    "label_mapping",
     "list_datasets",
     "map_labels",
     "packaged_colors_path",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import numpy as np
 
 from training.datasets.metadata import IGNORE_LABEL, DatasetInfo, dataset_info
@@ -79,3 +82,16 @@ def map_labels(label: np.ndarray, dataset: str | DatasetInfo) -> np.ndarray:
     if unknown.size:
         raise ValueError(f"{name}: label ids {unknown[:10].tolist()} are not valid ids of this dataset")
     return lut[label]
+
+
+# Packaged datasets whose label files hold ids other than the train ids; the others' files hold
+# train ids already (VOC, BDD100K, synthetic, custom datasets), as the original read them.
+MAPPED_DATASETS = ("ade20k", "cityscapes", "camvid", "camvid_segnet")
+
+
+def label_mapping(dataset: str | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The label-id -> train-id mapping that training and evaluation apply to a dataset's label
+    files (e.g. ADE20K's 0 -> 255, k -> k-1), or None when its files hold train ids."""
+    if dataset not in MAPPED_DATASETS:
+        return None
+    return functools.partial(map_labels, dataset=dataset)

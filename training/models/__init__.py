@@ -9,14 +9,12 @@ Entry points:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from training.models.checkpoint import CheckpointError, load_backbone_weights, load_checkpoint
-from training.models.imagenet import BackboneWeightsError, backbone_weights_path
+from training.models.imagenet import BackboneWeightsError, backbone_weights_path, model_config
 from training.models.psanet import PSANet
 from training.models.pspnet import PSPNet
 from training.models.registry import get_model_builder, list_models, register_model
@@ -41,20 +39,6 @@ __all__ = [
 # config `arch` -> registry name prefix
 ARCHS = {"psp": "pspnet", "psa": "psanet"}
 
-_MISSING = object()
-
-
-def _lookup(config: Any, key: str, default: Any = _MISSING) -> Any:
-    """Read ``key`` from a mapping or an attribute-style config; KeyError-free, ValueError when required."""
-    if isinstance(config, Mapping):
-        value = config.get(key, default)
-    else:
-        value = getattr(config, key, default)
-    if value is _MISSING:
-        raise ValueError(f"model config has no {key!r}")
-    return value
-
-
 def model_name(arch: str, layers: int) -> str:
     """Registry name for a config's ``arch`` and ``layers`` (``psp``, 50 -> ``pspnet50``).
 
@@ -77,14 +61,15 @@ def build_model(config: Any, *, aux: bool = True, backbone_weights: bool = True)
     """Build the PSPNet/PSANet that a config describes.
 
     Args:
-        config: a mapping, an object with attribute access (``training.config.Config``), or the path
-            of a YAML config file (read with ``training.config.load_config``). Keys used: ``arch``
-            (psp|psa), ``layers``, ``classes``, ``zoom_factor`` (8), ``deep_stem`` (True),
-            ``output_stride`` (8), ``bins`` ([1, 2, 3, 6]); for psa ``psa_type`` (2), ``compact``
-            (False), ``shrink_factor`` (2), ``mask_h``/``mask_w`` (None: original rule from
-            ``train_h``/``train_w``, 465), ``normalization_factor`` (1.0), ``psa_softmax`` (True);
+        config: a ``training.config.Config``, a flat mapping or an object with those attributes
+            (validated with ``training.config.as_config``; defaults are the schema's), or the path
+            of a YAML config file. Keys used: ``arch`` (psp|psa), ``layers``, ``classes``,
+            ``zoom_factor``, ``deep_stem``, ``output_stride``, ``bins``; for psa ``psa_type``,
+            ``compact``, ``shrink_factor``, ``mask_h``/``mask_w`` (None: the original rule from
+            ``train_h``/``train_w``), ``normalization_factor``, ``psa_softmax``;
             ``pretrained_backbone`` (path of ImageNet weights, possibly with ``{layers}``, or None;
-            a loaded ``Config`` defaults to the original's ``initmodel/resnet{layers}_v2.pth``).
+            a loaded ``Config`` defaults to the original's ``initmodel/resnet{layers}_v2.pth``, a bare
+            mapping to None).
         aux: build the aux head (True for training; False for inference and export).
         backbone_weights: load ``pretrained_backbone`` when the config names one (see
             ``backbone_weights_path``); pass False when a whole-model checkpoint will be loaded anyway
@@ -95,37 +80,31 @@ def build_model(config: Any, *, aux: bool = True, backbone_weights: bool = True)
         default device).
 
     Raises:
-        ValueError: unknown arch or depth, bad values; BackboneWeightsError for a missing backbone
+        ValueError (ConfigError): unknown arch or depth, missing keys, bad values; BackboneWeightsError for a missing backbone
         file; CheckpointError for a bad one.
     """
-    if isinstance(config, (str, os.PathLike)):
-        from training.config import load_config  # lazy: the config package stays optional here
-
-        config = load_config(config)
-    name = model_name(_lookup(config, "arch"), _lookup(config, "layers"))
+    config = model_config(config)
+    name = model_name(config.arch, config.layers)
     kwargs: dict[str, Any] = {
-        "classes": int(_lookup(config, "classes")),
-        "zoom_factor": int(_lookup(config, "zoom_factor", 8)),
-        "deep_stem": bool(_lookup(config, "deep_stem", True)),
-        "output_stride": int(_lookup(config, "output_stride", 8)),
+        "classes": config.classes,
+        "zoom_factor": config.zoom_factor,
+        "deep_stem": config.deep_stem,
+        "output_stride": config.output_stride,
         "aux": aux,
     }
-    if _lookup(config, "arch") == "psp":
-        bins = _lookup(config, "bins", None)
-        if bins is not None:
-            kwargs["bins"] = tuple(int(b) for b in bins)
+    if config.arch == "psp":
+        kwargs["bins"] = tuple(config.bins)
     else:
-        mask_h, mask_w = _lookup(config, "mask_h", None), _lookup(config, "mask_w", None)
         kwargs.update(
-            psa_type=int(_lookup(config, "psa_type", 2)),
-            compact=bool(_lookup(config, "compact", False)),
-            shrink_factor=int(_lookup(config, "shrink_factor", 2)),
-            mask_h=None if mask_h is None else int(mask_h),
-            mask_w=None if mask_w is None else int(mask_w),
-            normalization_factor=_lookup(config, "normalization_factor", 1.0),
-            psa_softmax=bool(_lookup(config, "psa_softmax", True)),
-            train_h=int(_lookup(config, "train_h", 465)),
-            train_w=int(_lookup(config, "train_w", 465)),
+            psa_type=config.psa_type,
+            compact=bool(config.compact),
+            shrink_factor=config.shrink_factor,
+            mask_h=config.mask_h,
+            mask_w=config.mask_w,
+            normalization_factor=config.normalization_factor,
+            psa_softmax=bool(config.psa_softmax),
+            train_h=config.train_h,
+            train_w=config.train_w,
         )
     model = get_model_builder(name)(**kwargs)
     if backbone_weights:

@@ -10,13 +10,16 @@ weights, and so does a depth the original had no file for (18, 34).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from training.config import Config, as_config
 from training.config.schema import ORIGINAL_BACKBONE_WEIGHTS
 
-__all__ = ["ORIGINAL_BACKBONE_DEPTHS", "ORIGINAL_BACKBONE_WEIGHTS", "BackboneWeightsError", "backbone_weights_path"]
+__all__ = ["ORIGINAL_BACKBONE_DEPTHS", "ORIGINAL_BACKBONE_WEIGHTS", "BackboneWeightsError", "backbone_weights_path",
+           "model_config"]
 
 ORIGINAL_BACKBONE_DEPTHS = (50, 101, 152)  # the depths of the original's initmodel/ files
 _WAYS_OUT = ("name a weights file with `pretrained_backbone PATH`, or train from scratch on purpose with "
@@ -27,10 +30,18 @@ class BackboneWeightsError(ValueError):
     """The ImageNet weights the config asks for are not there (the message says what to do)."""
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    if isinstance(config, Mapping):
-        return config.get(key, default)
-    return getattr(config, key, default)
+def model_config(config: Any) -> Config:
+    """The Config a model is built from (`training.config.as_config`, partial).
+
+    A Config or a YAML path is taken as loaded; its `pretrained_backbone` defaults to the
+    original's initmodel/ file. A bare mapping or attribute object describes a network: its
+    missing keys take the schema's defaults, except that it names ImageNet weights only when it
+    says so. A missing required key (arch, layers, classes) is a MissingKeyError when read.
+    """
+    if isinstance(config, (Config, str, os.PathLike)):
+        return as_config(config)
+    values = dict(config) if isinstance(config, Mapping) else dict(getattr(config, "__dict__", {}))
+    return as_config({"pretrained_backbone": None, **values}, partial=True)
 
 
 def backbone_weights_path(config: Any) -> str | None:
@@ -44,10 +55,11 @@ def backbone_weights_path(config: Any) -> str | None:
         BackboneWeightsError: the file does not exist, or the template is used with a depth the
             original shipped no file for; the message names the file and both ways out.
     """
-    value = _get(config, "pretrained_backbone", None)
+    config = model_config(config)
+    value = config.pretrained_backbone
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
         return None
-    layers = _get(config, "layers")
+    layers = config.layers
     text = str(value)
     if "{layers}" in text:
         if text == ORIGINAL_BACKBONE_WEIGHTS and layers not in ORIGINAL_BACKBONE_DEPTHS:
