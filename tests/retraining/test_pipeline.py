@@ -18,6 +18,7 @@ from tritonclient.grpc import model_config_pb2
 from retraining.cli import pipeline_main, rollback_main, versions_main
 from retraining.pipeline import STEPS
 from serving.repository import ModelRepository
+from tests.retraining.conftest import PIPELINE_MIN_MIOU
 from tests.retraining.conftest import pipeline_args as _args
 
 
@@ -26,7 +27,9 @@ def test_published_version_carries_metrics_and_report(deployed):
     repo = ModelRepository(repo_dir)
     assert repo.list_versions("syn") == [1]
     meta = repo.read_metadata("syn", 1)
-    assert 0.0 <= meta.metrics["mIoU"] <= 1.0 and len(meta.metrics["per_class"]) == 6
+    assert PIPELINE_MIN_MIOU <= meta.metrics["mIoU"] <= 1.0 and len(meta.metrics["per_class"]) == 6
+    # It learned more than the background: some other class has a real IoU.
+    assert max(c["iou"] for c in meta.metrics["per_class"][1:]) >= 0.1, meta.metrics["per_class"]
     assert Path(meta.checkpoint_path).is_file()
     config = model_config_pb2.ModelConfig()
     text_format.Parse((repo_dir / "syn" / "config.pbtxt").read_text(), config)
@@ -34,6 +37,8 @@ def test_published_version_carries_metrics_and_report(deployed):
     (run,) = (runs / "syn").iterdir()
     report = json.loads((run / "report.json").read_text())
     assert report["outcome"] == "published" and report["published_version"] == 1
+    checks = {c["name"]: c for c in report["gates"]["checks"]}
+    assert checks["min-miou"]["passed"] and str(PIPELINE_MIN_MIOU) in checks["min-miou"]["detail"]
     assert [s["step"] for s in report["steps"]] == list(STEPS)
     assert (run / "per_class_iou.png").read_bytes()[:4] == b"\x89PNG"
     assert "![per-class IoU](per_class_iou.png)" in (run / "report.md").read_text()
@@ -54,8 +59,8 @@ def test_failing_gate_leaves_the_deployment_alone(deployed, tmp_path, tiny_train
 
 def test_from_deployed_fine_tunes_from_the_recorded_checkpoint(deployed, tmp_path, tiny_training_overrides):
     repo_dir = shutil.copytree(deployed[0], tmp_path / "repo")
-    assert pipeline_main(_args(repo_dir, tmp_path / "runs", tiny_training_overrides,
-                               "--from-deployed", "--dry-run", "--min-miou", "0")) == 0
+    assert pipeline_main(_args(repo_dir, tmp_path / "runs", tiny_training_overrides, "--from-deployed", "--dry-run",
+                               "--min-miou", "0", "--max-regression", "1", "--class-tolerance", "1")) == 0
     (run,) = (tmp_path / "runs" / "syn").iterdir()
     report = json.loads((run / "report.json").read_text())
     assert report["outcome"] == "dry-run"
@@ -89,7 +94,8 @@ def test_killed_at_any_step_leaves_the_repository_valid(step, deployed, tmp_path
     runs = tmp_path / "runs"
     env = dict(os.environ, SCENEPARSE_PIPELINE_HOLD=step, OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "sceneparse.cli", "pipeline",
-               *_args(repo_dir, runs, tiny_training_overrides, "--min-miou", "0")]
+               *_args(repo_dir, runs, tiny_training_overrides, "--min-miou", "0", "--max-regression", "1",
+                      "--class-tolerance", "1")]
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 240
