@@ -8,7 +8,7 @@ classes (serving/class_filter.py); an unknown one is a 422 before the body is re
 from __future__ import annotations
 
 import asyncio
-import functools
+import contextlib
 import json
 import threading
 import time
@@ -158,25 +158,28 @@ async def segment(request: Request, gateway: GatewayDep, params: Annotated[Segme
     _chosen_classes(params, named)
     data = await _receive_upload(request, gateway)
 
-    loaded = gateway.manager.acquire(params.model)  # the version is fixed here, for the whole request
-    release_model = functools.partial(gateway.manager.release, loaded)
-    try:
+    # The lease on a model version and the place in the pool are released by `held` if anything
+    # fails before the job is handed over; from then on the pool releases them when the job's
+    # thread no longer needs its inputs (a timed-out request's thread may still be running).
+    with contextlib.ExitStack() as held:
+        loaded = gateway.manager.acquire(params.model)  # the version is fixed here, for the whole request
+        held.callback(gateway.manager.release, loaded)
         options = _segment_options(params, loaded, gateway)
         chosen = _chosen_classes(params, loaded)  # this version's classes (a reload may have changed them)
         cost = await _charge(data, loaded, options, params, gateway)
-        reservation = gateway.pool.reserve(cost)
-    except QueueFull:
-        release_model()
-        metrics.rejected.labels("queue_full").inc()
-        raise
-    except BaseException:
-        release_model()
-        raise
-    job = _segment_job(data, loaded, options, params, chosen, settings.max_pixels)
-    del data  # the job holds the body now; it is freed with it
-    remaining = settings.request_timeout - (time.monotonic() - started)
+        try:
+            reservation = gateway.pool.reserve(cost)
+        except QueueFull:
+            metrics.rejected.labels("queue_full").inc()
+            raise
+        held.callback(reservation.release)
+        job = _segment_job(data, loaded, options, params, chosen, settings.max_pixels)
+        del data  # the job holds the body now; it is freed with it
+        remaining = settings.request_timeout - (time.monotonic() - started)
+        handed_over = held.pop_all()
     try:
-        body, media_type, seconds, tiles = await gateway.pool.run(reservation, job, remaining, on_done=release_model)
+        body, media_type, seconds, tiles = await gateway.pool.run(reservation, job, remaining,
+                                                                  on_done=handed_over.close)
     except DeadlineExceeded:
         metrics.rejected.labels("deadline").inc()
         raise
@@ -263,7 +266,7 @@ def _segment_job(data: bytes, loaded: LoadedModel, options: SegmentOptions, para
             return render_png(kind, image, label, meta, params.alpha, chosen, prediction.confidence, check)
 
         if params.output == "json":
-            body = _json_bytes({
+            document = {
                 "model": loaded.name,
                 "version": loaded.version,
                 "precision": meta.precision,
@@ -271,8 +274,10 @@ def _segment_job(data: bytes, loaded: LoadedModel, options: SegmentOptions, para
                 "height": int(image.shape[0]),
                 "tiles": stats.tiles,
                 "classes": class_summary(label, meta, chosen),
-                "png": {kind: base64_png(png(kind)) for kind in pngs},
-            })
+            }
+            if pngs:  # the PNGs asked for with png=...; no field at all when none was
+                document["png"] = {kind: base64_png(png(kind)) for kind in pngs}
+            body = _json_bytes(document)
             media_type = "application/json"
         elif params.output == "rle":
             body = _json_bytes(rle_document(label, meta, chosen) | {"model": loaded.name, "version": loaded.version})
