@@ -164,7 +164,7 @@ def gate_data(config: Config, options: QuantizationOptions, class_names: Sequenc
         labelled = []
     scored = labelled if options.gate_images == 0 else evenly_spaced(labelled, options.gate_images)
 
-    mapping = label_mapping(config.dataset) if scored else None
+    mapping = label_mapping(config.dataset, config.ignore_label) if scored else None
     return GateData(str(calibration_list), calibration, held_out, scored, unscored, config.ignore_label, mapping,
                     tuple(class_names))
 

@@ -302,7 +302,7 @@ def evaluate_dataset(
             spec.num_classes,
             list(info.classes),
             cfg.ignore_label,
-            label_mapping(cfg.dataset),
+            label_mapping(cfg.dataset, cfg.ignore_label),
             absent,
             progress,
         )

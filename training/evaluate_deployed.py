@@ -161,7 +161,7 @@ def evaluate_deployed(
     if has_labels(cfg):
         scoring = {"absent": absent} if absent is not None else {}
         result = score_predictions(items, save_folder / "gray", spec.num_classes, list(meta.classes),
-                                   cfg.ignore_label, label_mapping(cfg.dataset),
+                                   cfg.ignore_label, label_mapping(cfg.dataset, cfg.ignore_label),
                                    progress=progress, **scoring)
     result.update(images=len(items), index_start=start, index_end=end, save_folder=str(save_folder),
                   seconds=time.perf_counter() - started, seconds_per_image=seconds_per_image,

@@ -400,7 +400,7 @@ def _data_loaders(cfg: Config, state: du.DistributedState, sampler_seed: int) ->
     from training.data.dataset import SegmentationDataset
     from training.data.transforms import train_transform, val_transform
 
-    label_mapping = dataset_label_mapping(cfg.dataset)
+    label_mapping = dataset_label_mapping(cfg.dataset, cfg.ignore_label)
     train_data = SegmentationDataset(
         "train", cfg.data_root, cfg.train_list, train_transform(cfg), label_mapping, cfg.ignore_label
     )

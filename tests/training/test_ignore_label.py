@@ -150,3 +150,50 @@ def test_scoring_leaves_out_the_configured_ignore_label(synthetic_dataset, tmp_p
     assert [c["target"] for c in result["per_class"]] == expected_target.tolist()
     assert [c["intersection"] for c in result["per_class"]] == expected_intersection.tolist()
     assert result["aAcc"] == pytest.approx(expected_intersection.sum() / expected_target.sum())
+
+
+# --- datasets whose label files hold their own ids (CamVid's void is 11, ADE20K's 0) -------------
+@pytest.mark.parametrize("ignore", [255, 254])
+def test_a_mapped_datasets_void_becomes_the_configured_ignore_label(synthetic_dataset, tmp_path, ignore):
+    from training.config import config_path
+    from training.datasets import label_mapping
+    from training.evaluate import evaluate_dataset
+    from training.train import main
+
+    mapped = label_mapping("camvid", ignore)(np.array([[0, 10, 11, 255]], np.uint8))
+    assert mapped.tolist() == [[0, 10, ignore, ignore]]
+    mapped = label_mapping("ade20k", ignore)(np.array([[0, 1, 150]], np.uint8))
+    assert mapped.tolist() == [[ignore, 0, 149]]
+    with pytest.raises(ValueError, match="ignore_label 3"):
+        label_mapping("camvid", 3)  # a class of the dataset cannot be its ignore label
+
+    # The synthetic scenes as CamVid label files: classes 0..5, and rows of CamVid's void id 11.
+    train_list, val_list = relabelled_dataset(synthetic_dataset, tmp_path / "data", 11)
+    data = {"data_root": tmp_path / "data", "dataset": "camvid", "classes": 11, "ignore_label": ignore}
+    overrides = {**data, "train_list": train_list, "val_list": val_list, "save_path": tmp_path / "run",
+                 "train_h": 33, "train_w": 33, "batch_size": 2, "batch_size_val": 2, "epochs": 1, "workers": 0,
+                 "manual_seed": 0, "evaluate": True, "names_path": "", "colors_path": ""}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        args = [str(item) for key, value in overrides.items() for item in (key, value)]
+        assert main(["--config", str(config_path("synthetic/synthetic_pspnet18")), *args]) == 0
+    finally:
+        torch.set_num_threads(before)
+
+    # Scoring: void pixels are left out, whatever the ignore label.
+    save_folder = tmp_path / "result"
+    (save_folder / "gray").mkdir(parents=True)
+    expected = np.zeros(11, np.int64)
+    for line in val_list.read_text().splitlines():
+        image_rel, label_rel = line.split()
+        label = np.array(Image.open(tmp_path / "data" / label_rel))
+        Image.fromarray(np.where(label == 11, 3, label).astype(np.uint8)).save(
+            save_folder / "gray" / f"{Path(image_rel).stem}.png")
+        expected += np.bincount(label[label != 11], minlength=11)
+    cfg = {**{k: str(v) for k, v in data.items()}, "classes": 11, "ignore_label": ignore, "test_list": str(val_list),
+           "split": "val", "has_prediction": True, "save_folder": str(save_folder), "test_h": 33, "test_w": 33,
+           "base_size": 80, "scales": [1.0]}
+    result = evaluate_dataset(cfg, progress=False, write_report_files=False)
+    assert [c["target"] for c in result["per_class"]] == expected.tolist()
+    assert result["aAcc"] == 1.0  # every scored pixel was predicted right; the void ones were not scored

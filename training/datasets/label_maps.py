@@ -1,4 +1,4 @@
-"""Dataset label ids -> train ids (the ids the network predicts; 255 = ignore)."""
+"""Dataset label ids -> train ids (the ids the network predicts; void -> the ignore label, 255 by default)."""
 
 from __future__ import annotations
 
@@ -56,15 +56,17 @@ def label_lut(dataset: str | DatasetInfo) -> tuple[np.ndarray, np.ndarray]:
     return lut, known
 
 
-def map_labels(label: np.ndarray, dataset: str | DatasetInfo) -> np.ndarray:
+def map_labels(label: np.ndarray, dataset: str | DatasetInfo, ignore_label: int = IGNORE_LABEL) -> np.ndarray:
     """Convert a label map from the dataset's stored ids to train ids.
 
     Args:
         label: integer array of any shape (typically `(H, W)` from a label PNG).
         dataset: a dataset name or DatasetInfo (see `label_lut` for each mapping).
+        ignore_label: the value ignored pixels get (the config's `ignore_label`; 255 by default).
 
     Returns:
-        uint8 array of the same shape with train ids, 255 for ignored pixels.
+        uint8 array of the same shape with train ids, `ignore_label` for ignored pixels (the
+        dataset's void ids, and 255 in the file).
         Raises ValueError listing ids the dataset's label files cannot contain.
     """
     label = np.asarray(label)
@@ -81,7 +83,10 @@ def map_labels(label: np.ndarray, dataset: str | DatasetInfo) -> np.ndarray:
     unknown = present[~known[present]]
     if unknown.size:
         raise ValueError(f"{name}: label ids {unknown[:10].tolist()} are not valid ids of this dataset")
-    return lut[label]
+    mapped = lut[label]
+    if ignore_label != IGNORE_LABEL:
+        mapped[mapped == IGNORE_LABEL] = ignore_label
+    return mapped
 
 
 # Packaged datasets whose label files hold ids other than the train ids; the others' files hold
@@ -89,9 +94,19 @@ def map_labels(label: np.ndarray, dataset: str | DatasetInfo) -> np.ndarray:
 MAPPED_DATASETS = ("ade20k", "cityscapes", "camvid", "camvid_segnet")
 
 
-def label_mapping(dataset: str | None) -> Callable[[np.ndarray], np.ndarray] | None:
+def label_mapping(dataset: str | None, ignore_label: int = IGNORE_LABEL) -> Callable[[np.ndarray], np.ndarray] | None:
     """The label-id -> train-id mapping that training and evaluation apply to a dataset's label
-    files (e.g. ADE20K's 0 -> 255, k -> k-1), or None when its files hold train ids."""
+    files (e.g. ADE20K's 0 -> ignore, k -> k-1), or None when its files hold train ids.
+
+    Void ids become `ignore_label`, the config's: a hard-coded 255 would reach the loss and the
+    metrics as a class id when the config ignores another value. Raises ValueError when
+    `ignore_label` is one of the dataset's train ids or outside 0..255 (the maps are 8-bit).
+    """
     if dataset not in MAPPED_DATASETS:
         return None
-    return functools.partial(map_labels, dataset=dataset)
+    info = dataset_info(dataset)
+    ignore_label = int(ignore_label)
+    if not 0 <= ignore_label <= 255 or ignore_label < info.num_classes:
+        raise ValueError(f"ignore_label {ignore_label} cannot mark {dataset}'s void pixels: it must lie in "
+                         f"{info.num_classes}..255, past its train ids 0..{info.num_classes - 1}")
+    return functools.partial(map_labels, dataset=dataset, ignore_label=ignore_label)
