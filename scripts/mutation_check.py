@@ -3,6 +3,7 @@
     python scripts/mutation_check.py                 # every mutation (about 15-25 min on 2 cores)
     python scripts/mutation_check.py key-startswith loss-negated   # some, by id
     python scripts/mutation_check.py --list          # ids, files and the tests each one runs
+    python scripts/mutation_check.py --stale         # does every mutation still apply? (seconds)
 
 A hand-picked list (MUTATIONS below) of regressions that matter: the rows of issue 16's table and
 more in serving/api/deps.py, serving/pipeline.py, training/metrics.py and serving/repository.py.
@@ -87,8 +88,8 @@ MUTATIONS = [
                "    target = target.reshape(-1).astype(np.int64, copy=False)\n"
                "    keep = target != 255\n"),),
              (IGNORE,), "ignore label hard-coded to 255 in the metrics (numpy)"),
-    Mutation("version-string-order", "serving/repository.py",
-             (("        return sorted(versions)\n", "        return sorted(versions, key=str)\n"),),
+    Mutation("version-string-order", "serving/repository_scan.py",
+             (("        return sorted(self.metadata)\n", "        return sorted(self.metadata, key=str)\n"),),
              (VERSIONS,), "newest version chosen by string order (10 before 9)"),
     Mutation("flip-not-mirrored-back", "serving/pipeline.py",
              (("p = probs[i][:, ::-1] if flipped else probs[i]", "p = probs[i]"),),
@@ -140,12 +141,22 @@ MUTATIONS = [
              (('presented_keys(request, allow_basic=scheme == "Basic")', "presented_keys(request, allow_basic=True)"),),
              ("tests/serving/test_auth.py::test_the_browser_login_never_opens_the_api",),
              "the browser's cached Basic login opens the API"),
+    Mutation("auth-always-off", "serving/api/deps.py",
+             (("    if not settings.auth_enabled:\n", "    if True:\n"),),
+             (f"{AUTH}::test_every_route_checks_the_key",), "keys configured but never checked"),
+    Mutation("admin-user-key-401", "serving/api/deps.py",
+             (('            raise ApiError(403, "forbidden", "this route needs an admin key")\n',
+               '            raise ApiError(401, "unauthorized", "this route needs an admin key")\n'),),
+             (f"{AUTH}::test_every_route_checks_the_key",), "a user key on an admin route is 401, not 403"),
+    Mutation("empty-key-matches", "serving/api/deps.py",
+             (("    if not key:\n        return False\n", "    if not key:\n        return bool(keys)\n"),),
+             (f"{AUTH}::test_near_misses_of_a_key_are_refused",), "an empty key header passes"),
     # --- serving/pipeline.py ----------------------------------------------------------------------
     Mutation("window-stride-full-crop", "serving/pipeline.py",
              (("    stride_h = math.ceil(crop_h * stride_rate)\n", "    stride_h = crop_h\n"),),
              ("tests/serving/test_pipeline.py",), "windows no longer overlap vertically"),
-    Mutation("scales-averaged-wrong", "serving/pipeline.py",
-             (("    total /= len(levels)\n", "    total /= max(1, len(levels) - 1)\n"),),
+    Mutation("scales-averaged-wrong", "serving/stitching.py",
+             (("            band /= len(self.levels)\n", "            band /= max(1, len(self.levels) - 1)\n"),),
              ("tests/serving/test_pipeline.py::test_matches_the_original_protocol",),
              "multi-scale sum divided by the wrong count"),
     Mutation("max-scales-off-by-one", "serving/pipeline.py",
@@ -154,6 +165,29 @@ MUTATIONS = [
     Mutation("scale-range-open", "serving/pipeline.py",
              (("bad = [s for s in scales if not 0.25 <= s <= 2.0]", "bad = [s for s in scales if not 0.25 < s < 2.0]"),),
              (f"{LIMITS}::test_max_scales_scales_are_accepted_one_more_is_422",), "the scale range loses its ends"),
+    Mutation("scaled-size-truncates", "serving/pipeline.py",
+             (("    long_size = round(scale * base_size)\n", "    long_size = int(scale * base_size)\n"),),
+             ("tests/serving/test_pipeline.py",), "the scaled long side truncated instead of rounded"),
+    Mutation("short-side-truncates", "serving/pipeline.py",
+             (("    return max(1, round(long_size / float(w) * h)), long_size\n",
+               "    return max(1, int(long_size / float(w) * h)), long_size\n"),),
+             ("tests/serving/test_pipeline.py",), "the scaled short side truncated instead of rounded"),
+    Mutation("pad-bottom-right-only", "serving/pipeline.py",
+             (("        top, left = pad_h // 2, pad_w // 2\n", "        top, left = 0, 0\n"),),
+             ("tests/serving/test_pipeline.py::test_matches_the_original_protocol",),
+             "small images padded at the bottom/right only, not centred"),
+    Mutation("mean-in-bgr", "serving/pipeline.py",
+             (("    mean = np.asarray(spec.mean, dtype=np.float32)\n", "    mean = np.asarray(spec.mean[::-1], dtype=np.float32)\n"),),
+             ("tests/serving/test_pipeline.py::test_matches_the_original_protocol",), "mean subtracted in BGR order"),
+    Mutation("flip-counted-twice", "serving/pipeline.py",
+             (("            if not flipped:\n                counts", "            if True:\n                counts"),),
+             ("tests/serving/test_pipeline.py::test_matches_the_original_protocol",),
+             "a window and its flip both counted, then divided by two again"),
+    Mutation("resize-corner-aligned", "serving/resize.py",
+             (("        src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5\n",
+               "        src = np.arange(out_size, dtype=np.float64) * (in_size / out_size)\n"),),
+             ("tests/serving/test_pipeline.py", "tests/training/test_evaluate.py"),
+             "image resize without half-pixel centres (not cv2.INTER_LINEAR)"),
     # --- training/metrics.py ----------------------------------------------------------------------
     Mutation("union-without-intersection", "training/metrics.py",
              (("    area_union = area_pred + area_target - area_intersection\n"
@@ -171,12 +205,20 @@ MUTATIONS = [
              (("all_accuracy = float(intersection.sum() / total_target)",
                "all_accuracy = float(intersection.sum() / max(int(union.sum()), 1))"),),
              ("tests/training/test_metrics.py",), "aAcc divided by the union"),
+    Mutation("zero-policy-is-nan", "training/metrics.py",
+             (('    out = np.full(numerator.shape, np.nan if absent == "exclude" else 0.0, dtype=np.float64)\n',
+               '    out = np.full(numerator.shape, np.nan, dtype=np.float64)\n'),),
+             ("tests/training/test_metrics.py",), "the original's absent-as-0 policy averages like exclude"),
+    Mutation("out-of-range-prediction-correct", "training/metrics.py",
+             (("    area_intersection = np.bincount(target[pred == target], minlength=num_classes)\n",
+               "    area_intersection = np.bincount(target[(pred == target) | (pred >= num_classes)], minlength=num_classes)\n"),),
+             ("tests/training/test_metrics.py",), "a prediction outside the classes counted as right"),
     # --- serving/repository.py and retraining/versions.py -------------------------------------------
-    Mutation("newest-by-string", "serving/repository.py",
-             (("        return versions[-1]\n", "        return max(versions, key=str)\n"),),
+    Mutation("newest-by-string", "serving/repository_scan.py",
+             (("    newest = max(scan.metadata, default=None)\n", "    newest = max(scan.metadata, key=str, default=None)\n"),),
              (VERSIONS,), "served version: the newest by string order"),
-    Mutation("pin-ignored", "serving/repository.py",
-             (("        if pinned is not None and pinned in versions:\n", "        if False:\n"),),
+    Mutation("pin-ignored", "serving/repository_scan.py",
+             (("        scan.served = newest if scan.pinned is None else scan.pinned\n", "        scan.served = newest\n"),),
              (VERSIONS, "tests/serving/test_repository.py::test_pinned_version_wins_until_unpinned"),
              "a pinned (rolled back) version is not served"),
     Mutation("next-version-by-count", "serving/repository.py",
@@ -185,6 +227,21 @@ MUTATIONS = [
     Mutation("name-escapes", "serving/repository.py",
              (('not _NAME_RE.match(name) or ".." in name', "not _NAME_RE.match(name)"),),
              ("tests/serving/test_repository.py::test_unsafe_names_are_refused",), "'..' allowed in model names"),
+    Mutation("metadata-not-validated", "serving/repository.py",
+             (("        meta.validate(source)\n", "        pass\n"),),
+             ("tests/serving/test_repository.py",), "a version with invalid metadata is accepted"),
+    Mutation("version-overwritten", "serving/repository.py",
+             (("                if (directory / str(number)).exists():\n", "                if False:\n"),),
+             ("tests/serving/test_repository.py",), "an explicit version number may overwrite a version"),
+    Mutation("tensor-contract-unchecked", "serving/repository.py",
+             (("        if changed:\n", "        if False:\n"),),
+             ("tests/serving/test_repository.py",), "a version changing the shared config.pbtxt contract is published"),
+    Mutation("model-file-escapes", "serving/repository.py",
+             (("        if path.parent != self.version_dir(name, version).resolve():\n", "        if False:\n"),),
+             ("tests/serving/test_repository.py",), "a metadata file name may point outside its version directory"),
+    Mutation("model-dir-escapes", "serving/repository.py",
+             (("        if path.parent != self.root:\n", "        if False:\n"),),
+             ("tests/serving/test_repository.py",), "a model directory may resolve outside the repository"),
     Mutation("rollback-by-string", "retraining/versions.py",
              (("        older = [v for v in versions if v < served]\n",
                "        older = sorted((v for v in versions if v < served), key=str)\n"),),
@@ -256,17 +313,29 @@ def first_failure(output: str) -> str:
     return found.group(1) if found else ""
 
 
-def check(mutation: Mutation, tree: Path, timeout: float) -> tuple[str, str, float]:
-    """(result, first failing test or a note, seconds) of one mutation on the copy at `tree`."""
+def mutate(mutation: Mutation, text: str) -> tuple[str | None, str]:
+    """(the mutated text, "") or (None, why it no longer applies)."""
+    for before, after in mutation.edits:
+        if text.count(before) != 1:
+            return None, f"text found {text.count(before)} times: {before.strip()[:60]!r}"
+        text = text.replace(before, after)
+    return text, ""
+
+
+def stale_reason(mutation: Mutation, tree: Path) -> str:
     path = tree / mutation.file
     if not path.is_file():
-        return "stale", f"{mutation.file} is gone", 0.0
+        return f"{mutation.file} is gone"
+    return mutate(mutation, path.read_text())[1]
+
+
+def check(mutation: Mutation, tree: Path, timeout: float) -> tuple[str, str, float]:
+    """(result, first failing test or a note, seconds) of one mutation on the copy at `tree`."""
+    if problem := stale_reason(mutation, tree):
+        return "stale", problem, 0.0
+    path = tree / mutation.file
     original = path.read_text()
-    mutated = original
-    for before, after in mutation.edits:
-        if mutated.count(before) != 1:
-            return "stale", f"text found {mutated.count(before)} times: {before.strip()[:60]!r}", 0.0
-        mutated = mutated.replace(before, after)
+    mutated, _ = mutate(mutation, original)
     path.write_text(mutated)
     try:
         code, output, seconds = run_pytest(tree, list(mutation.tests), timeout)
@@ -285,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ids", nargs="*", help="mutation ids to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    parser.add_argument("--stale", action="store_true", help="only check that every mutation still applies")
     parser.add_argument("--no-baseline", action="store_true", help="skip the unmutated run")
     parser.add_argument("--timeout", type=float, default=600, help="seconds per pytest run")
     args = parser.parse_args(argv)
@@ -297,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             print(f"{m.id:30} {m.file:28} {m.what}\n{'':30} tests: {' '.join(m.tests)}")
         return 0
+    if args.stale:
+        stale = [(m.id, problem) for m in chosen if (problem := stale_reason(m, ROOT))]
+        for mutation_id, problem in stale:
+            print(f"{mutation_id}: stale: {problem}")
+        print(f"{len(chosen) - len(stale)} of {len(chosen)} apply")
+        return 1 if stale else 0
     with tempfile.TemporaryDirectory(prefix="sceneparse-mutation-") as tmp:
         tree = Path(tmp)
         copy_tree(tree)
