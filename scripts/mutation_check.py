@@ -224,7 +224,7 @@ MUTATIONS = [
     Mutation("next-version-by-count", "serving/repository.py",
              (("        return max(used, default=0) + 1\n", "        return len(used) + 1\n"),),
              (VERSIONS,), "after retention, a new version reuses an old number"),
-    Mutation("name-escapes", "serving/repository.py",
+    Mutation("name-escapes", "serving/model_metadata.py",
              (('not _NAME_RE.match(name) or ".." in name', "not _NAME_RE.match(name)"),),
              ("tests/serving/test_repository.py::test_unsafe_names_are_refused",), "'..' allowed in model names"),
     Mutation("metadata-not-validated", "serving/repository.py",

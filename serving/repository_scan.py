@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from serving.repository import (
+from serving.model_metadata import (
     DEPLOYMENT_FILE,
     METADATA_FILE,
     ModelMetadata,

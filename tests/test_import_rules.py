@@ -144,6 +144,11 @@ def test_the_checker_sees_a_circle():
     assert _cycles({"a": {"b"}, "b": set()}) == []
 
 
+def test_no_import_circles(graph):
+    ours, _ = graph
+    assert _cycles(ours) == []
+
+
 def test_layers(graph):
     ours, _ = graph
     wrong = []
