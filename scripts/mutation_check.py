@@ -227,7 +227,7 @@ MUTATIONS = [
     Mutation("name-escapes", "serving/model_metadata.py",
              (('not _NAME_RE.match(name) or ".." in name', "not _NAME_RE.match(name)"),),
              ("tests/serving/test_repository.py::test_unsafe_names_are_refused",), "'..' allowed in model names"),
-    Mutation("metadata-not-validated", "serving/repository.py",
+    Mutation("metadata-not-validated", "serving/model_metadata.py",
              (("        meta.validate(source)\n", "        pass\n"),),
              ("tests/serving/test_repository.py",), "a version with invalid metadata is accepted"),
     Mutation("version-overwritten", "serving/repository.py",
