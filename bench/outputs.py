@@ -3,10 +3,12 @@
 One 512x384 image, a 150-class model (ADE20K's classes and palette, crop 473, base size 512,
 single scale with flip: 4 crops), through the gateway's own request job (decode, the shared
 pipeline, rendering and encoding: `serving.api.routes.segment`), every output in turn, for
-`--rounds` interleaved rounds; the table gives each output's answer size and median time and
-the median's excess over `label`. The offline outputs (`sceneparse predict`'s per-image work:
-`--output coco`'s `.rle.json`, `--probabilities`' `.npz`) are timed the same way through
-`serving.batch.outputs`.
+`--rounds` interleaved rounds; the table gives each output's answer size and the median time
+each adds to `label`'s: its rendering and encoding (the request's own "encode" stage) and,
+for the confidence, what the pipeline's band loop adds (timed alone on the bands, read once: a
+whole request's time varies by more than these figures on a shared machine). The offline
+outputs (`sceneparse predict`'s per-image work: `--output coco`'s `.rle.json`, `--probabilities`'
+`.npz`) are timed the same way: render and atomic write, plus the band loop's float16 planes.
 
 The model, by default, is a stand-in whose outputs have a trained network's structure: a
 nearest-colour classifier over the 150 palette colours, computed at stride 8 and zoomed by the
@@ -17,8 +19,8 @@ model. The sizes therefore resemble a real answer's, and the model's own time is
 excess of each output stands out (a PSPNet-50 request takes about 16 s on 2 cores:
 bench/gateway.py). `--repository R --model NAME` measures a published model instead.
 
-    python bench/outputs.py                      # 5 rounds, stand-in model
-    python bench/outputs.py --rounds 9
+    python bench/outputs.py                      # 3 rounds, stand-in model
+    python bench/outputs.py --rounds 7
     python bench/outputs.py --repository model_repository --model ade20k_pspnet50
 """
 
@@ -137,8 +139,9 @@ def scene_image(meta, seed: int = 0) -> np.ndarray:
 class Row:
     name: str
     where: str
-    sizes: list[int]
-    seconds: list[float]
+    size: int
+    render: list[float]  # seconds: rendering and encoding (the gateway's "encode" stage), or render + write
+    pipeline: float = 0.0  # seconds the pipeline's band loop spends on it beyond the label (median)
 
 
 def _model(args):
@@ -157,9 +160,53 @@ def _model(args):
             "stand-in (nearest palette colour)")
 
 
-def measure(args) -> tuple[list[Row], str, dict[str, float]]:
+def _median_seconds(work, rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        tick = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - tick)
+    return statistics.median(times)
+
+
+def band_extras(image, runner, spec, options, rounds: int) -> dict[str, float]:
+    """What confidence and probabilities add to the pipeline's band loop (serving/segmentation.py):
+    the bands are read once and kept, then each addition is timed alone on them."""
+    from serving.float16 import to_float16
+    from serving.pipeline import window_probabilities
+    from serving.segmentation import confidence_levels
+
+    field = window_probabilities(image, runner, spec, options.pipeline_options(), None)
+    bands = [(rows, probs.copy()) for rows, probs in field.bands()]
+    label = np.empty((field.height, field.width), np.uint8)
+    levels = np.empty((field.height, field.width), np.uint8)
+    planes = np.empty((field.num_classes, field.height, field.width), np.float16)
+
+    def argmax():
+        for rows, probs in bands:
+            label[rows] = probs.argmax(axis=2)
+
+    def confidence():
+        for rows, probs in bands:
+            levels[rows] = confidence_levels(probs.max(axis=2))
+
+    def probabilities():  # as serving/segmentation.py does it
+        for rows, probs in bands:
+            planes[:, rows] = to_float16(probs).transpose(2, 0, 1)
+
+    def probabilities_numpy_cast():  # what it did before serving/float16.py
+        for rows, probs in bands:
+            planes[:, rows] = probs.astype(np.float16).transpose(2, 0, 1)
+
+    return {"label": _median_seconds(argmax, rounds), "confidence": _median_seconds(confidence, rounds),
+            "probabilities": _median_seconds(probabilities, rounds),
+            "probabilities_numpy_cast": _median_seconds(probabilities_numpy_cast, rounds)}
+
+
+def measure(args) -> tuple[list[Row], str, dict[str, float], dict[str, float]]:
     from serving.api.routes.segment import SegmentParams, _chosen_classes, _segment_job
     from serving.batch.outputs import OutputPlan, write_outputs
+    from serving.imaging import decode_image
     from serving.models import LoadedModel
     from serving.rendering import encode_png
     from serving.segmentation import SegmentOptions, segment
@@ -168,74 +215,73 @@ def measure(args) -> tuple[list[Row], str, dict[str, float]]:
     loaded = LoadedModel(meta=meta, runner=runner, spec=spec)
     data = encode_png(scene_image(meta)) if not args.image else Path(args.image).read_bytes()
     options = SegmentOptions.defaults_for(meta, max_side=1024)
-    rows = {name: Row(name, "gateway", [], []) for name, _ in GATEWAY_OUTPUTS}
-    offline = {"predict --output label": (["label"], False), "predict --output coco (.rle.json)": (["coco"], False),
-               "predict --probabilities (.npz)": (["label"], True)}
-    rows.update({name: Row(name, "offline", [], []) for name in offline})
+    rows: dict[str, Row] = {}
+    stages: dict[str, list[float]] = {}
     jobs = {}
     for name, query in GATEWAY_OUTPUTS:
         params = SegmentParams(**query)
         jobs[name] = _segment_job(data, loaded, options, params, _chosen_classes(params, loaded), 10**8)
-    from serving.imaging import decode_image
-
-    image = decode_image(data, 10**8)
-    stages: dict[str, list[float]] = {}
-    with_dir = Path(args.workdir)
-    with_dir.mkdir(parents=True, exist_ok=True)
+    # Whole requests through the gateway's job: the answers, and the "encode" stage each one adds.
     for round_index in range(args.rounds + 1):  # round 0 warms up
         for name, job in jobs.items():
-            tick = time.perf_counter()
             body, _, seconds, _ = job(threading.Event())
-            elapsed = time.perf_counter() - tick
-            if round_index:
-                rows[name].sizes.append(len(body))
-                rows[name].seconds.append(elapsed)
-                if name == "label":
-                    for stage, value in seconds.items():
-                        stages.setdefault(stage, []).append(value)
-        for name, (kinds, probabilities) in offline.items():
-            plan = OutputPlan.for_kinds(kinds, probabilities=probabilities)
-            out = with_dir / f"round{round_index}"
-            tick = time.perf_counter()
-            prediction = segment(image, runner, meta, options, spec=spec, confidence="confidence" in plan.needs,
-                                 probabilities="probabilities" in plan.needs)
-            write_outputs(plan, out, "street", prediction, meta)
-            elapsed = time.perf_counter() - tick
-            if round_index:
-                sizes = [path.stat().st_size for path in plan.paths(out, "street")]
-                rows[name].sizes.append(sizes[-1])
-                rows[name].seconds.append(elapsed)
-    return list(rows.values()), described, {k: statistics.median(v) for k, v in stages.items()}
+            if not round_index:
+                continue
+            row = rows.setdefault(name, Row(name, "gateway", len(body), []))
+            row.render.append(seconds["encode"])
+            if name == "label":
+                for stage, value in seconds.items():
+                    stages.setdefault(stage, []).append(value)
+    image = decode_image(data, 10**8)
+    extras = band_extras(image, runner, spec, options, max(5, args.rounds))
+    rows["confidence"].pipeline = extras["confidence"]
+    # Offline: `sceneparse predict`'s per-image writes of one prediction.
+    prediction = segment(image, runner, meta, options, spec=spec, confidence=True, probabilities=True)
+    out = Path(args.workdir)
+    offline = {"predict --output label": (["label"], False, 0.0),
+               "predict --output coco (.rle.json)": (["coco"], False, 0.0),
+               "predict --probabilities (.npz)": ([], True, extras["probabilities"])}
+    for name, (kinds, probabilities, pipeline) in offline.items():
+        plan = OutputPlan.for_kinds(kinds, probabilities=probabilities)
+        seconds = [_median_seconds(lambda plan=plan: write_outputs(plan, out, "street", prediction, meta), 1)
+                   for _ in range(args.rounds)]
+        rows[name] = Row(name, "offline", plan.paths(out, "street")[-1].stat().st_size, seconds, pipeline)
+    return list(rows.values()), described, {k: statistics.median(v) for k, v in stages.items()}, extras
 
 
-def print_table(rows: list[Row], described: str, stages: dict[str, float], args) -> None:
+def print_table(rows: list[Row], described: str, stages: dict[str, float], extras: dict[str, float], args) -> None:
     from sceneparse.cpu import describe_cpu
 
     print(f"\nWhat each output costs: one {WIDTH}x{HEIGHT} image, 150 classes, crop {CROP}, single scale + flip; "
-          f"model: {described}; median of {args.rounds} interleaved rounds")
+          f"model: {described}; medians of {args.rounds} rounds")
     print(describe_cpu(args.threads))
     print(f"load average before: {args.load_before:.2f} (a shared machine: compare rows of one run only)")
-    base = {where: statistics.median(next(r for r in rows if r.where == where).seconds) for where in ("gateway", "offline")}
-    header = ("output", "path", "answer bytes", "median ms", "extra ms over label", "x label")
+    base = {where: statistics.median(next(r for r in rows if r.where == where).render) for where in ("gateway", "offline")}
+    header = ("output", "path", "answer bytes", "render ms", "pipeline extra ms", "extra ms over label")
     lines = [header]
     for row in rows:
-        median = statistics.median(row.seconds)
-        size = statistics.median(row.sizes)
-        lines.append((row.name, row.where, f"{size:,.0f}", f"{median * 1000:.1f}",
-                      f"{(median - base[row.where]) * 1000:+.1f}", f"{median / base[row.where]:.2f}"))
+        render = statistics.median(row.render)
+        extra = render - base[row.where] + row.pipeline
+        lines.append((row.name, row.where, f"{row.size:,}", f"{render * 1000:.1f}", f"{row.pipeline * 1000:.1f}",
+                      f"{extra * 1000:+.1f}"))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for index, line in enumerate(lines):
         print("  ".join(cell.ljust(widths[i]) if i < 2 else cell.rjust(widths[i]) for i, cell in enumerate(line)))
         if index == 0:
             print("  ".join("-" * w for w in widths))
-    print("label's own stages (median ms): " + ", ".join(f"{k} {v * 1000:.1f}" for k, v in stages.items()))
-    print("offline rows: segment + render + atomic write of one file (the .npz: float16 (150, 384, 512), "
-          f"{150 * HEIGHT * WIDTH * 2 / 2**20:.1f} MiB before compression)")
+    total = sum(stages.values())
+    print(f"a whole label request: {total * 1000:.0f} ms (" + ", ".join(f"{k} {v * 1000:.1f}" for k, v in stages.items())
+          + f"); the band loop's argmax alone {extras['label'] * 1000:.1f} ms")
+    print(f"the probabilities' float16 planes with numpy's own cast: {extras['probabilities_numpy_cast'] * 1000:.1f} ms "
+          f"(serving/float16.py: {extras['probabilities'] * 1000:.1f} ms)")
+    print("render ms: the gateway's encode stage (rendering, PNG/JSON encoding); offline: render + atomic write of "
+          "the file. pipeline extra: what the band loop adds for it (confidence: max and rounding; probabilities: "
+          f"float16 planes, {150 * HEIGHT * WIDTH * 2 / 2**20:.1f} MiB before compression)")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2,
                         help="ONNX Runtime threads (for --model and the pipeline's softmax)")
     parser.add_argument("--repository", default="model_repository")
@@ -244,8 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=str(ROOT / ".cache" / "bench" / "outputs"))
     args = parser.parse_args(argv)
     args.load_before = os.getloadavg()[0]
-    rows, described, stages = measure(args)
-    print_table(rows, described, stages, args)
+    rows, described, stages, extras = measure(args)
+    print_table(rows, described, stages, extras, args)
     return 0
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from serving.cancellation import Check, never_cancelled
+from serving.float16 import to_float16
 from serving.pipeline import (
     InferenceOptions,
     PipelineSpec,
@@ -109,7 +110,7 @@ def _from_probabilities(image: np.ndarray, runner: Runner, spec: PipelineSpec, o
             # The max is the argmax's own value: the winner's probability.
             levels[rows] = confidence_levels(probs.max(axis=2))
         if planes is not None:
-            planes[:, rows] = probs.astype(np.float16).transpose(2, 0, 1)
+            planes[:, rows] = to_float16(probs).transpose(2, 0, 1)  # numpy's cast, without its slow path
     stats.seconds["stitch"] += time.perf_counter() - tick
     return label, levels, planes
 
