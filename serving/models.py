@@ -2,7 +2,7 @@
 
 `refresh()` scans the repository (serving/repository_scan.py: a bad entry is skipped and reported
 for itself alone) and compares each model's served version (pinned, else newest) with the loaded
-one. A new version is opened and warmed up (one inference at its crop size and max batch, so the
+one. A new version is opened and warmed up (one inference at its crop size and largest batch, so the
 first request after a swap does not pay ONNX Runtime's first-run allocations) *before* it is
 swapped in; on a backend that loads models itself (Triton), it is swapped in only once the backend
 reports that version ready, and until then the old version keeps serving. A request takes a lease
@@ -143,7 +143,7 @@ class ModelManager:
             except RepositoryError as exc:
                 # Keep serving what is loaded: a vanished mount is more likely than a deliberate purge.
                 report.errors["*"] = str(exc)
-                self._remember(report)
+                self.last_errors = report.errors  # the entries' problems are as last seen
                 return report
             report.skipped = scan.problems
             for name, model in scan.models.items():
