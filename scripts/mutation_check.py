@@ -50,6 +50,8 @@ LIMITS = "tests/serving/test_limit_boundaries.py"
 LEARNS = "tests/training/test_training_learns.py"
 IGNORE = "tests/training/test_ignore_label.py"
 VERSIONS = "tests/retraining/test_many_versions.py"
+GEOMETRY = "tests/serving/test_pipeline_geometry.py"
+ESCAPES = "tests/serving/test_repository_escapes.py"
 
 MUTATIONS = [
     # --- issue 16's table -------------------------------------------------------------------------
@@ -167,11 +169,11 @@ MUTATIONS = [
              (f"{LIMITS}::test_max_scales_scales_are_accepted_one_more_is_422",), "the scale range loses its ends"),
     Mutation("scaled-size-truncates", "serving/pipeline.py",
              (("    long_size = round(scale * base_size)\n", "    long_size = int(scale * base_size)\n"),),
-             ("tests/serving/test_pipeline.py",), "the scaled long side truncated instead of rounded"),
+             ("tests/serving/test_pipeline.py", GEOMETRY), "the scaled long side truncated instead of rounded"),
     Mutation("short-side-truncates", "serving/pipeline.py",
              (("    return max(1, round(long_size / float(w) * h)), long_size\n",
                "    return max(1, int(long_size / float(w) * h)), long_size\n"),),
-             ("tests/serving/test_pipeline.py",), "the scaled short side truncated instead of rounded"),
+             ("tests/serving/test_pipeline.py", GEOMETRY), "the scaled short side truncated instead of rounded"),
     Mutation("pad-bottom-right-only", "serving/pipeline.py",
              (("        top, left = pad_h // 2, pad_w // 2\n", "        top, left = 0, 0\n"),),
              ("tests/serving/test_pipeline.py::test_matches_the_original_protocol",),
@@ -229,7 +231,8 @@ MUTATIONS = [
              ("tests/serving/test_repository.py::test_unsafe_names_are_refused",), "'..' allowed in model names"),
     Mutation("metadata-not-validated", "serving/model_metadata.py",
              (("        meta.validate(source)\n", "        pass\n"),),
-             ("tests/serving/test_repository.py",), "a version with invalid metadata is accepted"),
+             ("tests/serving/test_repository.py", "tests/serving/test_repository_scan.py"),
+             "a version with invalid metadata is accepted"),
     Mutation("version-overwritten", "serving/repository.py",
              (("                if (directory / str(number)).exists():\n", "                if False:\n"),),
              ("tests/serving/test_repository.py",), "an explicit version number may overwrite a version"),
@@ -238,10 +241,10 @@ MUTATIONS = [
              ("tests/serving/test_repository.py",), "a version changing the shared config.pbtxt contract is published"),
     Mutation("model-file-escapes", "serving/repository.py",
              (("        if path.parent != self.version_dir(name, version).resolve():\n", "        if False:\n"),),
-             ("tests/serving/test_repository.py",), "a metadata file name may point outside its version directory"),
+             (ESCAPES,), "a metadata file name may point outside its version directory"),
     Mutation("model-dir-escapes", "serving/repository.py",
              (("        if path.parent != self.root:\n", "        if False:\n"),),
-             ("tests/serving/test_repository.py",), "a model directory may resolve outside the repository"),
+             (ESCAPES,), "a model directory may resolve outside the repository"),
     Mutation("rollback-by-string", "retraining/versions.py",
              (("        older = [v for v in versions if v < served]\n",
                "        older = sorted((v for v in versions if v < served), key=str)\n"),),
