@@ -189,13 +189,10 @@ def _publish_staged(repo: ModelRepository, staged_dir: Path, name: str) -> int:
                 shutil.copyfile(item, staging / item.name)
         return ModelMetadata.from_dict(staged_meta, source=str(staged_dir / METADATA_FILE))
 
-    model_files = {}
-    for file_name in (CONFIG_FILE, LABELS_FILE, COLORS_FILE):
-        if (staged_model / file_name).is_file():
-            text = (staged_model / file_name).read_text()
-            if file_name == CONFIG_FILE:  # the staged config names the model by its staged name
-                text = text.replace(f'name: "{staged_model.name}"', f'name: "{name}"', 1)
-            model_files[file_name] = text
+    # The staged model was exported under the name it is published as (export_checkpoint's
+    # name=request.name), so its config.pbtxt, labels and palette are copied as they are.
+    model_files = {file_name: (staged_model / file_name).read_text()
+                   for file_name in (CONFIG_FILE, LABELS_FILE, COLORS_FILE) if (staged_model / file_name).is_file()}
     version, _ = repo.publish_version(name, populate, model_files=model_files)
     return version
 
