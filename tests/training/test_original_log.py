@@ -58,7 +58,9 @@ def test_iteration_line_and_remaining_time():
 def test_logger_uses_the_originals_format(capsys):
     assert LOG_FORMAT == "[%(asctime)s %(levelname)s %(filename)s line %(lineno)d %(process)d] %(message)s"
     logger = get_logger()
-    assert get_logger() is logger and len(logger.handlers) == 1  # asking twice adds no second handler
+    handlers = list(logger.handlers)  # pytest's caplog may have attached its own capture handlers
+    assert get_logger() is logger and logger.handlers == handlers  # asking twice adds no second handler
+    assert sum(type(h).__name__ == "_TqdmHandler" for h in logger.handlers) == 1
     logger.info("Val result: mIoU/mAcc/allAcc 0.1000/0.2000/0.3000.")
     err = capsys.readouterr().err
     assert re.fullmatch(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO test_original_log\.py line \d+ \d+\] "
