@@ -237,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
                         help="int8: also serve an int8 export and time it beside fp32")
+    parser.add_argument("--compare-arena", action="store_true",
+                        help="also time a second gateway with ONNX Runtime's CPU arena set the other way "
+                             "(SCENEPARSE_ORT_CPU_ARENA), request for request beside the first")
     args = parser.parse_args(argv)
     int8 = args.precision == "int8"
 
@@ -246,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from export import ExportOptions, export_checkpoint
     from serving.pipeline import window_origins
+    from serving.settings import Settings
     from training.config import find_config, load_config
 
     torch.set_num_threads(args.threads)
@@ -274,10 +278,18 @@ def main(argv: list[str] | None = None) -> int:
         eager = EagerOriginal(checkpoint, cfg, result.metadata.mean, result.metadata.std)
         load_before = os.getloadavg()[0]
         process, url = start_gateway(tmp / "repository", args.threads, tmp / "gateway.log")
+        other = other_url = None
+        if args.compare_arena:
+            other_arena = not Settings.model_fields["ort_cpu_arena"].default
+            other, other_url = start_gateway(tmp / "repository", args.threads, tmp / "gateway-arena.log",
+                                             {"SCENEPARSE_ORT_CPU_ARENA": "1" if other_arena else "0"})
+        other_times: list[float] = []
         try:
             with httpx.Client(timeout=600) as client:
                 for _ in range(args.warmup):
                     gateway_request(client, url, body)
+                    if other_url:
+                        gateway_request(client, other_url, body)
                     if int8:
                         gateway_request(client, url, body, f"{NAME}_int8")
                     eager(image)
@@ -292,6 +304,9 @@ def main(argv: list[str] | None = None) -> int:
                     # Idle thread pools spin for a while after their work (OpenMP, ONNX Runtime):
                     # let them settle so that neither way runs beside the other's spinning.
                     time.sleep(1.0)
+                    if other_url:
+                        other_times.append(gateway_request(client, other_url, body)[0])
+                        time.sleep(1.0)
                     if int8:
                         before = stage_seconds(url)
                         int8_seconds, int8_label = gateway_request(client, url, body, f"{NAME}_int8")
@@ -306,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"  round {round_ + 1}: gateway {seconds:.2f} s (model {inference[-1]:.2f} s){extra}, "
                           f"eager {eager_times[-1]:.2f} s", file=sys.stderr)
         finally:
-            process.terminate()
-            process.wait(timeout=60)
+            for running in (process, other):
+                if running is not None:
+                    running.terminate()
+                    running.wait(timeout=60)
 
     agreement = float((gateway_label == eager_label).mean())
     gateway_s, eager_s = statistics.median(gateway_times), statistics.median(eager_times)
@@ -326,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'eager PyTorch, original test script':<36} {eager_s:>7.2f} ({min(eager_times):.2f}) {1.0:>9.2f} {'-':>14}")
     print(f"{'gateway, ONNX Runtime CPU, HTTP':<36} {gateway_s:>7.2f} ({min(gateway_times):.2f}) "
           f"{eager_s / gateway_s:>9.2f} {100 * statistics.median(outside):>13.1f}%")
+    if other_times:
+        other_s = statistics.median(other_times)
+        way = f"gateway, ORT CPU arena {'on' if other_arena else 'off'}"
+        print(f"{way:<36} {other_s:>7.2f} ({min(other_times):.2f}) {eager_s / other_s:>9.2f} {'-':>14}")
     if int8:
         int8_s = statistics.median(int8_times)
         int8_outside = statistics.median([1.0 - m / g for m, g in zip(int8_inference, int8_times, strict=True)])
@@ -333,6 +354,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{eager_s / int8_s:>9.2f} {100 * int8_outside:>13.1f}%")
     print("\nlast gateway request by stage (s): " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(stages.items())))
     print(f"label agreement gateway vs eager: {100 * agreement:.4f}% of pixels")
+    if other_times:
+        default = "on" if not other_arena else "off"
+        print(f"ORT CPU arena {'on' if other_arena else 'off'} / {default} (the default), request for request: "
+              f"{statistics.median(other_times) / gateway_s:.3f}x the latency (median), "
+              f"{min(other_times) / min(gateway_times):.3f}x (min)")
     if int8:
         gate = int8_result.parity["int8"]
         print(f"label agreement int8 vs fp32: {100 * float((int8_label == gateway_label).mean()):.2f}% of pixels "

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from serving.backends.factory import create_backend
 from serving.main import create_app
+from serving.process_memory import set_mmap_threshold
 from serving.settings import Settings
 
 
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sceneparse serve: cannot start the {settings.backend} backend: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.malloc_mmap_threshold_mb:
+        set_mmap_threshold(settings.malloc_mmap_threshold_mb * 1024 * 1024)
     app = create_app(settings, backend)
     config = uvicorn.Config(
         app,

@@ -79,8 +79,13 @@ class Settings(BaseSettings):
     # --- ONNX Runtime ------------------------------------------------------------------------
     ort_device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when the CUDA provider is present")
     ort_threads: int = Field(0, ge=0, description="intra-op threads per session; 0: the cores this process may use")
+    # On: the session keeps one run's activations (one slice of a batch, serving/backends/onnxruntime.py)
+    # for its life; off saves that (270 MB for PSPNet-50 at 473) at 14% more latency (docs/serving.md).
     ort_cpu_arena: bool = Field(
-        True, description="ONNX Runtime's CPU memory arena: keeps the largest run's activations for the session's life")
+        True, description="ONNX Runtime's CPU memory arena (on: keeps one run's activations, faster)")
+    malloc_mmap_threshold_mb: int = Field(
+        8, ge=0, le=32, description="glibc: allocations from this size on go back to the system when freed "
+        "(serving/process_memory.py); 0: glibc's own adjusting threshold")
     gpu_mem_limit_mb: int = Field(3072, ge=256, description="CUDA arena limit of one session (MiB)")
     cuda_device_id: int = Field(0, ge=0, description="GPU index for the CUDA provider")
 

@@ -9,6 +9,13 @@ and the final argmax run over contiguous class vectors.
 
 Gateway, `sceneparse predict` and `sceneparse test` all get their probabilities from here, so their
 label maps stay equal to the bit.
+
+Memory: the output is written straight into an array of the caller's (I/O binding), so ONNX
+Runtime's arena keeps only the transposed logits between the two nodes, and one call runs at a
+time, so it keeps one batch's worth (at most the pipeline's BATCH_LOGITS_BYTES, 128 MiB) for the
+life of the process. Returning the output through `run()` instead kept the output's buffer in the
+arena too and copied it out (twice the retained memory, one more copy per batch); no arena at all
+costs fresh pages for both tensors on every call, 4-5x the softmax's time (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import threading
 import numpy as np
 
 _lock = threading.Lock()
+_run_lock = threading.Lock()
 _session = None
 
 
@@ -60,4 +68,12 @@ def channel_softmax_nhwc(logits: np.ndarray) -> np.ndarray:
     logits = np.ascontiguousarray(logits, dtype=np.float32)
     if logits.ndim != 4:
         raise ValueError(f"expected (N, C, h, w) logits, got shape {logits.shape}")
-    return _get_session().run(None, {"logits": logits})[0]
+    n, c, h, w = logits.shape
+    out = np.empty((n, h, w, c), dtype=np.float32)
+    session = _get_session()
+    binding = session.io_binding()
+    binding.bind_cpu_input("logits", logits)
+    binding.bind_output("probabilities", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+    with _run_lock:  # one at a time: the arena then holds one batch's transposed logits, not one per worker
+        session.run_with_iobinding(binding)
+    return out
