@@ -59,6 +59,8 @@ def _get_session():
             options.intra_op_num_threads = _threads()
             options.inter_op_num_threads = 1
             options.log_severity_level = 3
+            # Its threads stop spinning when a call ends: the model's next batch needs the cores.
+            options.add_session_config_entry("session.force_spinning_stop", "1")
             _session = ort.InferenceSession(_model_bytes(), options, providers=["CPUExecutionProvider"])
         return _session
 

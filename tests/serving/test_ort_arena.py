@@ -91,7 +91,9 @@ def test_the_softmax_session_keeps_at_most_one_calls_transposed_logits():
 
 
 def test_the_gateway_setting_reaches_the_session_options():
-    assert create_backend(Settings(ort_device="cpu")).session_options().enable_cpu_mem_arena == \
-        Settings.model_fields["ort_cpu_arena"].default
+    options = create_backend(Settings(ort_device="cpu")).session_options()
+    assert options.enable_cpu_mem_arena == Settings.model_fields["ort_cpu_arena"].default
+    # Threads stop spinning when a run ends: the softmax and stitching of its batch come next.
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"
     assert create_backend(Settings(ort_device="cpu", ort_cpu_arena=True)).session_options().enable_cpu_mem_arena
     assert not create_backend(Settings(ort_device="cpu", ort_cpu_arena=False)).session_options().enable_cpu_mem_arena
