@@ -16,26 +16,12 @@ import pytest
 from serving.repository import (
     DEPLOYMENT_FILE,
     METADATA_FILE,
-    ModelMetadata,
     ModelNotFoundError,
     ModelRepository,
     RepositoryError,
 )
 from serving.repository_scan import MAX_METADATA_BYTES
-
-
-def _metadata(**overrides) -> ModelMetadata:
-    fields = dict(
-        name="m", version=0, arch="psp", layers=18, dataset="synthetic", classes=["a", "b"],
-        palette=[[0, 0, 0], [255, 0, 0]], crop_h=65, crop_w=65, mean=[1.0, 2.0, 3.0], std=[1.0, 1.0, 1.0],
-    )
-    fields.update(overrides)
-    return ModelMetadata(**fields)
-
-
-def _populate(staging):
-    (staging / "model.onnx").write_bytes(b"onnx")
-    return _metadata()
+from tests.serving.test_repository import _populate  # one tiny metadata for both files
 
 
 @pytest.fixture
